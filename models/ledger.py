@@ -1,0 +1,247 @@
+"""The judgment ledger: rows written before a message is sent, moved through their statuses by workers.
+
+Every write here is idempotent: re-sending a judgment finds its row by natural key, a worker that
+re-runs a finished judgment (acks_late redelivery) sees it done and skips it, and a verdict with its
+dimension rows is written in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+from sqlmodel import Session, col, func, select
+
+from models.tables import (
+    Batch,
+    DimensionScore,
+    Judgment,
+    JudgmentStatus,
+    utcnow,
+)
+from models.upsert import insert_ignore, natural_key
+from models.users import ensure_tenant, find_user
+
+RETRYABLE_ON_RESEND = (JudgmentStatus.rejected, JudgmentStatus.failed)
+"""A re-send puts these back in the queue (the input may have been fixed); verdicts stay."""
+
+FINISHED = (JudgmentStatus.done, JudgmentStatus.invalid)
+
+
+class JudgmentSpec(BaseModel):
+    """What a client asks for. Content checks (empty prompt, images) happen in the worker, recorded."""
+
+    tenant: str
+    user: str
+    prompt: str
+    image_a: str
+    image_b: str
+    backend: str = "lite"
+    options: dict[str, Any] = Field(default_factory=dict)
+    batch_id: int | None = None
+
+    def key(self, tenant_id: int) -> str:
+        return natural_key(
+            "judgment",
+            tenant_id,
+            self.user,
+            self.prompt,
+            self.image_a,
+            self.image_b,
+            self.backend,
+            self.options,
+        )
+
+
+class DimensionRecord(BaseModel):
+    name: str
+    score_a: float
+    score_b: float
+    reason: str = ""
+
+
+class VerdictRecord(BaseModel):
+    """A finished judgment as the ledger stores it (valid verdict or invalid model output)."""
+
+    status: JudgmentStatus
+    winner: str | None = None
+    total_a: float | None = None
+    total_b: float | None = None
+    rationale: str | None = None
+    raw_outputs: list[str] = Field(default_factory=list)
+    invalid_reason: str | None = None
+    dimensions: list[DimensionRecord] = Field(default_factory=list)
+    context_id: int | None = None
+    image_a_id: int | None = None
+    image_b_id: int | None = None
+    judge_model: str | None = None
+    model_revision: str | None = None
+    template_version: str | None = None
+    swap: bool = False
+    timings: dict[str, float] = Field(default_factory=dict)
+    usage: dict[str, int] = Field(default_factory=dict)
+
+
+def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list[int]:
+    """Write (or find) the ledger rows for `specs`, in order; returns their ids.
+
+    Rows already rejected/failed are put back to `queued` so that a re-send retries them.
+    """
+    tenant_ids: dict[str, int] = {}
+    users: dict[tuple[int, str], int | None] = {}
+    rows: list[dict[str, Any]] = []
+    keys: list[str] = []
+    for spec in specs:
+        if spec.tenant not in tenant_ids:
+            tenant_ids[spec.tenant] = ensure_tenant(session=session, name=spec.tenant).id  # type: ignore[assignment]
+        tenant_id = tenant_ids[spec.tenant]
+        if (tenant_id, spec.user) not in users:
+            user = find_user(session=session, tenant_id=tenant_id, external_id=spec.user)
+            users[(tenant_id, spec.user)] = user.id if user else None
+        key = spec.key(tenant_id)
+        keys.append(key)
+        rows.append(
+            {
+                "key": key,
+                "tenant_id": tenant_id,
+                "user_ref": spec.user,
+                "user_id": users[(tenant_id, spec.user)],
+                "batch_id": spec.batch_id,
+                "prompt": spec.prompt,
+                "image_a_uri": spec.image_a,
+                "image_b_uri": spec.image_b,
+                "backend": spec.backend,
+                "options": spec.options,
+                "swap": bool(spec.options.get("swap", False)),
+                "status": JudgmentStatus.queued,
+                "raw_outputs": [],
+                "timings": {},
+                "usage": {},
+                "attempts": 0,
+                "created_at": utcnow(),
+            }
+        )
+    for start in range(0, len(rows), 500):
+        insert_ignore(session, Judgment, rows[start : start + 500], ["key"])
+    ids: dict[str, int] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for jid, key in session.exec(select(Judgment.id, Judgment.key).where(col(Judgment.key).in_(chunk))):
+            ids[key] = jid  # type: ignore[assignment]
+        session.execute(
+            sa.update(Judgment)
+            .where(col(Judgment.key).in_(chunk), col(Judgment.status).in_(RETRYABLE_ON_RESEND))
+            .values(status=JudgmentStatus.queued, error=None, error_code=None)
+        )
+    return [ids[k] for k in keys]
+
+
+def start_judgment(*, session: Session, judgment_id: int) -> Judgment | None:
+    """Mark a judgment running (one more attempt); None if it is finished or unknown (skip it)."""
+    row = session.get(Judgment, judgment_id, with_for_update=_locks(session))
+    if row is None or row.status in FINISHED:
+        return None
+    row.status = JudgmentStatus.running
+    row.attempts += 1
+    row.started_at = utcnow()
+    session.add(row)
+    session.flush()
+    return row
+
+
+def finish_judgment(*, session: Session, judgment_id: int, verdict: VerdictRecord) -> None:
+    """Store a verdict and its dimension rows together (call inside one transaction)."""
+    row = session.get(Judgment, judgment_id)
+    if row is None:
+        raise LookupError(f"judgment {judgment_id} does not exist")
+    for field in (
+        "status",
+        "winner",
+        "total_a",
+        "total_b",
+        "rationale",
+        "raw_outputs",
+        "invalid_reason",
+        "context_id",
+        "image_a_id",
+        "image_b_id",
+        "judge_model",
+        "model_revision",
+        "template_version",
+        "swap",
+        "timings",
+        "usage",
+    ):
+        setattr(row, field, getattr(verdict, field))
+    row.error = None
+    row.error_code = None
+    row.finished_at = utcnow()
+    session.add(row)
+    session.execute(sa.delete(DimensionScore).where(col(DimensionScore.judgment_id) == judgment_id))
+    for position, dim in enumerate(verdict.dimensions):
+        session.add(
+            DimensionScore(
+                judgment_id=judgment_id,
+                position=position,
+                name=dim.name,
+                score_a=dim.score_a,
+                score_b=dim.score_b,
+                reason=dim.reason,
+            )
+        )
+    session.flush()
+
+
+def close_with_error(
+    *, session: Session, judgment_id: int, status: JudgmentStatus, code: str, message: str
+) -> None:
+    """Record a rejection (bad input) or failure (retries exhausted, internal error) on the row."""
+    row = session.get(Judgment, judgment_id)
+    if row is None:
+        return
+    row.status = status
+    row.error_code = code
+    row.error = message
+    row.finished_at = utcnow()
+    session.add(row)
+    session.flush()
+
+
+def get_judgment(*, session: Session, judgment_id: int) -> Judgment | None:
+    return session.get(Judgment, judgment_id)
+
+
+def dimensions_of(*, session: Session, judgment_id: int) -> list[DimensionScore]:
+    stmt = (
+        select(DimensionScore)
+        .where(DimensionScore.judgment_id == judgment_id)
+        .order_by(col(DimensionScore.position))
+    )
+    return list(session.exec(stmt))
+
+
+def status_counts(
+    *, session: Session, batch_id: int | None = None, ids: Iterable[int] | None = None
+) -> dict[str, int]:
+    """Counts by status, for progress bars and batch summaries."""
+    stmt = select(Judgment.status, func.count()).group_by(Judgment.status)
+    if batch_id is not None:
+        stmt = stmt.where(Judgment.batch_id == batch_id)
+    if ids is not None:
+        stmt = stmt.where(col(Judgment.id).in_(list(ids)))
+    return {status: n for status, n in session.exec(stmt)}
+
+
+def create_batch(*, session: Session, tenant: str, name: str, kind: str = "judge", total: int = 0) -> Batch:
+    tenant_row = ensure_tenant(session=session, name=tenant)
+    batch = Batch(tenant_id=tenant_row.id, name=name, kind=kind, total=total)  # type: ignore[arg-type]
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def _locks(session: Session) -> bool:
+    """Row locks where the database has them (Postgres); SQLite serializes writers anyway."""
+    return session.get_bind().dialect.name == "postgresql"

@@ -1,0 +1,194 @@
+"""SQLModel tables: the ledger of everything asked for and everything the models said.
+
+Statuses and winners are str enums stored as short strings (portable across SQLite and Postgres,
+no database enum types to migrate). Natural keys are sha256 hex digests of the identifying fields,
+so a UNIQUE constraint on one short column makes re-sends idempotent on both databases.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Column, Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = False) -> Any:
+    """A tz-aware timestamp column: set now, or left empty until the event happens."""
+    if nullable:
+        return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=True)
+    return Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class JudgmentStatus(StrEnum):
+    queued = "queued"  # ledger row written, message sent (or about to be)
+    running = "running"  # a worker took it
+    done = "done"  # valid verdict stored
+    invalid = "invalid"  # the model answered, but not in the protocol: reason + raw text kept
+    rejected = "rejected"  # bad input (missing image, unknown user...): permanent, reason kept
+    failed = "failed"  # transient errors outlasted the retries, or an internal error
+
+
+TERMINAL_STATUSES = frozenset(
+    {JudgmentStatus.done, JudgmentStatus.invalid, JudgmentStatus.rejected, JudgmentStatus.failed}
+)
+
+
+class Winner(StrEnum):
+    A = "A"
+    B = "B"
+    tie = "tie"
+    inconsistent = "inconsistent"  # both orders judged and they disagree
+
+
+class ContextStatus(StrEnum):
+    ready = "ready"
+    failed = "failed"
+
+
+class Tenant(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    created_at: datetime = _ts()
+
+
+class EndUser(SQLModel, table=True):
+    """A person whose taste is modelled, known to the tenant by `external_id`."""
+
+    __tablename__ = "end_user"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "external_id", name="uq_end_user_external"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    external_id: str = Field(max_length=200)
+    created_at: datetime = _ts()
+
+
+class ImageRecord(SQLModel, table=True):
+    """One image content (sha256 of the stored bytes); `uri` is where it was first seen."""
+
+    __tablename__ = "image"
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(max_length=64, unique=True)
+    uri: str = Field(max_length=2048)
+    width: int
+    height: int
+    format: str = Field(max_length=16)
+    size_bytes: int
+    created_at: datetime = _ts()
+
+
+class ReferencePair(SQLModel, table=True):
+    """(prompt, chosen, rejected) of one user; images by URI, resolved when a context is built."""
+
+    __tablename__ = "reference_pair"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=64, unique=True)
+    user_id: int = Field(foreign_key="end_user.id", index=True)
+    prompt: str = Field(sa_type=sa.Text)
+    chosen_uri: str = Field(max_length=2048)
+    rejected_uri: str = Field(max_length=2048)
+    created_at: datetime = _ts()
+
+
+class UserContext(SQLModel, table=True):
+    """C_u: one rationale per reference pair plus the backend's payload, versioned.
+
+    A context is valid for exactly the references hash, backend, model revision and template it was
+    built with; any change of those makes a new row and the old one stays as history.
+    """
+
+    __tablename__ = "user_context"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "user_id",
+            "references_hash",
+            "backend",
+            "model_id",
+            "model_revision",
+            "template_version",
+            name="uq_user_context_version",
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="end_user.id", index=True)
+    references_hash: str = Field(max_length=64)
+    reference_count: int = 0
+    backend: str = Field(max_length=32)
+    model_id: str = Field(max_length=200)
+    model_revision: str = Field(max_length=100)
+    template_version: str = Field(max_length=50)
+    status: str = Field(max_length=16, default=ContextStatus.ready)
+    rationales: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    build_seconds: float | None = None
+    created_at: datetime = _ts()
+
+
+class Batch(SQLModel, table=True):
+    """A group of judgments submitted together (bulk form, demo, nightly runs)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    name: str = Field(max_length=200)
+    kind: str = Field(max_length=32, default="judge")
+    total: int = 0
+    created_at: datetime = _ts()
+
+
+class Judgment(SQLModel, table=True):
+    """One requested comparison and, once done, its verdict. `key` is the natural key."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=64, unique=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    user_ref: str = Field(max_length=200)  # the tenant's external id, kept even if unknown
+    user_id: int | None = Field(default=None, foreign_key="end_user.id", index=True)
+    batch_id: int | None = Field(default=None, foreign_key="batch.id", index=True)
+    context_id: int | None = Field(default=None, foreign_key="user_context.id")
+    prompt: str = Field(sa_type=sa.Text)
+    image_a_uri: str = Field(max_length=2048)
+    image_b_uri: str = Field(max_length=2048)
+    image_a_id: int | None = Field(default=None, foreign_key="image.id")
+    image_b_id: int | None = Field(default=None, foreign_key="image.id")
+    backend: str = Field(max_length=32)
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    judge_model: str | None = Field(default=None, max_length=200)
+    model_revision: str | None = Field(default=None, max_length=100)
+    template_version: str | None = Field(default=None, max_length=50)
+    swap: bool = False
+    status: str = Field(default=JudgmentStatus.queued, max_length=16, index=True)
+    winner: str | None = Field(default=None, max_length=16)
+    total_a: float | None = None
+    total_b: float | None = None
+    rationale: str | None = Field(default=None, sa_type=sa.Text)
+    raw_outputs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    invalid_reason: str | None = Field(default=None, max_length=64)
+    error_code: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    attempts: int = 0
+    timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    usage: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts()
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class DimensionScore(SQLModel, table=True):
+    """One evaluation dimension of one judgment: a score per image and the reason."""
+
+    __tablename__ = "dimension_score"
+    __table_args__ = (sa.UniqueConstraint("judgment_id", "position", name="uq_dimension_position"),)
+    id: int | None = Field(default=None, primary_key=True)
+    judgment_id: int = Field(foreign_key="judgment.id", index=True)
+    position: int
+    name: str = Field(max_length=200)
+    score_a: float
+    score_b: float
+    reason: str = Field(default="", sa_type=sa.Text)

@@ -1,0 +1,33 @@
+"""INSERT ... ON CONFLICT DO NOTHING for both SQLite and Postgres: the idempotent-write primitive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlmodel import Session, SQLModel
+
+
+def natural_key(*parts: Any) -> str:
+    """A stable sha256 hex digest of identifying fields (JSON with sorted keys)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def insert_ignore(
+    session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]], conflict: Sequence[str]
+) -> None:
+    """Insert rows, silently keeping any existing row with the same `conflict` columns."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - we support the two databases above
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    table = model.__table__  # type: ignore[attr-defined]
+    session.execute(insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=list(conflict)))

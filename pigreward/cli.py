@@ -1,0 +1,211 @@
+"""`pigreward`: the command line. Each command is a few lines over tasks/, workers/ and models/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pigreward.settings import get_settings
+
+
+@click.group()
+@click.version_option(package_name="pigreward")
+def main() -> None:
+    """Personalized pairwise judging of text-to-image outputs (PIGReward) as a batch job queue."""
+
+
+@main.command()
+@click.option("--users", default=20, show_default=True, help="Simulated users (in opposite-taste pairs).")
+@click.option("--images", default=200, show_default=True, help="Synthetic images in the pool.")
+@click.option("--tests-per-user", default=10, show_default=True, help="Held-out test pairs per user.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic set.")
+@click.option("--backend", default=None, help="Judge backend (default: settings).")
+@click.option("--no-progress", is_flag=True, help="No progress bars on stderr.")
+def demo(users: int, images: int, tests_per_user: int, seed: int, backend: str | None, no_progress: bool) -> None:
+    """Generate a synthetic set, judge every test pair through the queue, print accuracies."""
+    from pigreward.demo import run_demo
+
+    settings = get_settings()
+    report = run_demo(
+        settings,
+        users=users,
+        images=images,
+        tests_per_user=tests_per_user,
+        seed=seed,
+        backend=backend or settings.backend,
+        progress=not no_progress,
+    )
+    click.echo(report.render())
+    click.echo(f"results kept in {settings.resolved_database_url}")
+
+
+@main.command()
+@click.option(
+    "-Q", "--queues", default="context,judge,optimize,bulk", show_default=True, help="Comma-separated queues."
+)
+@click.option("-c", "--concurrency", type=int, default=None, help="Pool size (default: settings).")
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "prefork", "solo"]),
+    default="threads",
+    show_default=True,
+    help="threads suits I/O-bound backends (sglang); prefork suits CPU-bound lite.",
+)
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def worker(queues: str, concurrency: int | None, pool: str, loglevel: str) -> None:
+    """Start a Celery worker on the configured broker."""
+    settings = get_settings()
+    if settings.embedded_broker:
+        raise click.UsageError(
+            "the broker is memory:// (embedded): a separate worker cannot reach it. "
+            "Set PIGREWARD_BROKER_URL=redis://host:6379/0 to run workers."
+        )
+    from tasks import app
+
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={queues}",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--pool={pool}",
+            f"--loglevel={loglevel}",
+        ]
+    )
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations (SQLite or Postgres, from PIGREWARD_DATABASE_URL)."""
+    from models.db import upgrade
+
+    url = get_settings().resolved_database_url
+    now = upgrade(url, revision)
+    click.echo(f"database at revision {now}: {_redact(url)}")
+
+
+@main.group()
+def refs() -> None:
+    """Users' reference pairs."""
+
+
+@refs.command("add")
+@click.option("--user", required=True, help="The end user's external id (created if new).")
+@click.option("--prompt", required=True)
+@click.argument("chosen")
+@click.argument("rejected")
+def refs_add(user: str, prompt: str, chosen: str, rejected: str) -> None:
+    """Add one reference pair: the user preferred CHOSEN over REJECTED (local files or URIs)."""
+    from models.db import session_scope, upgrade
+    from models.users import add_reference, ensure_tenant, ensure_user
+    from tasks.runtime import get_resources
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    res = get_resources()
+    chosen_uri, rejected_uri = _as_uri(chosen, res), _as_uri(rejected, res)
+    with session_scope(res.engine) as session:
+        tenant = ensure_tenant(session=session, name=settings.default_tenant)
+        row = ensure_user(session=session, tenant_id=tenant.id, external_id=user)  # type: ignore[arg-type]
+        ref = add_reference(
+            session=session, user_id=row.id, prompt=prompt, chosen_uri=chosen_uri, rejected_uri=rejected_uri  # type: ignore[arg-type]
+        )
+    click.echo(f"reference {ref.id} for user {user!r}: {chosen_uri} > {rejected_uri}")
+
+
+@main.command()
+@click.option("--user", required=True, help="The end user's external id.")
+@click.option("--prompt", required=True, help="The prompt both images were generated for.")
+@click.option("--backend", default=None, help="Judge backend (default: settings).")
+@click.option("--swap/--no-swap", default=False, help="Judge both orders (position-bias control).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored judgment as JSON.")
+@click.argument("image_a")
+@click.argument("image_b")
+def judge(
+    user: str, prompt: str, backend: str | None, swap: bool, as_json: bool, image_a: str, image_b: str
+) -> None:
+    """Judge one pair (local files or URIs) for USER and print the dimension table."""
+    from models.db import session_scope, upgrade
+    from models.ledger import dimensions_of, get_judgment
+    from tasks.judging import record, spec_from_call
+    from tasks.runtime import get_resources
+    from workers.pipeline import run_judgment
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    res = get_resources()
+    options: dict[str, object] = {"swap": swap}
+    if backend:
+        options["backend"] = backend
+    spec = spec_from_call(user, prompt, _as_uri(image_a, res), _as_uri(image_b, res), options)
+    [judgment_id] = record([spec])
+    run_judgment(res=res, judgment_id=judgment_id)
+    with session_scope(res.engine) as session:
+        row = get_judgment(session=session, judgment_id=judgment_id)
+        dims = dimensions_of(session=session, judgment_id=judgment_id)
+    assert row is not None
+    if as_json:
+        out = row.model_dump(mode="json")
+        out["dimensions"] = [d.model_dump(mode="json", exclude={"id", "judgment_id"}) for d in dims]
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(_render_judgment(row, dims))
+    if row.status not in ("done",):
+        sys.exit(1)
+
+
+def _render_judgment(row, dims) -> str:  # type: ignore[no-untyped-def]
+    lines = [f"judgment {row.id}  user {row.user_ref}  status {row.status}"]
+    if row.status in ("rejected", "failed"):
+        lines.append(f"error [{row.error_code}]: {row.error}")
+        return "\n".join(lines)
+    if row.status == "invalid":
+        lines.append(f"invalid output ({row.invalid_reason}); raw text:")
+        lines.extend(row.raw_outputs)
+        return "\n".join(lines)
+    width = max([len(d.name) for d in dims] + [9])
+    lines.append(f"{'dimension':<{width}}  {'A':>7}  {'B':>7}  reason")
+    for d in dims:
+        lines.append(f"{d.name:<{width}}  {d.score_a:>7.2f}  {d.score_b:>7.2f}  {d.reason}")
+    lines.append(f"{'total':<{width}}  {row.total_a:>7.2f}  {row.total_b:>7.2f}")
+    lines.append(f"winner: {row.winner}   ({row.judge_model} rev {row.model_revision}, {row.template_version})")
+    if row.rationale:
+        lines.append(f"rationale: {row.rationale}")
+    return "\n".join(lines)
+
+
+def _as_uri(value: str, res) -> str:  # type: ignore[no-untyped-def]
+    """URIs pass through; an existing local file outside the image root is copied in by content hash."""
+    if "://" in value:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        return value  # let the store report it (not found / outside root) as a recorded error
+    store = res.loader.store
+    try:
+        store.resolve_file(str(path.resolve()))
+        return f"file://{path.resolve().relative_to(store.root)}"
+    except Exception:
+        data = path.read_bytes()
+        name = f"uploads/{hashlib.sha256(data).hexdigest()[:32]}{path.suffix.lower()}"
+        return store.write_file(name, data)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""`pigreward demo`: the main job on the embedded default, end to end through the queue.
+
+Generate a synthetic set (users with hidden tastes), register users and references, bootstrap
+contexts and judge every held-out test pair through Celery, then score `lite` against a random
+and a non-personalized (one global model) baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.db import session_scope, upgrade
+from models.ledger import JudgmentSpec, create_batch, get_judgment
+from models.users import add_reference, ensure_tenant, ensure_user
+from pigreward import synthetic
+from pigreward.progress import bar, wait_for_judgments
+from pigreward.settings import Settings
+from tasks import app, bootstrap_context, submit_judgments
+from tasks.embedded import embedded_worker
+from tasks.runtime import get_resources
+from workers.backends.lite import LiteBackend
+from workers.schemas import ReferenceExample
+
+
+@dataclass
+class UserScore:
+    user: str
+    references: int
+    tests: int = 0
+    correct: dict[str, int] = field(default_factory=dict)
+
+    def accuracy(self, method: str) -> float:
+        return self.correct.get(method, 0) / self.tests if self.tests else 0.0
+
+
+@dataclass
+class DemoReport:
+    methods: list[str]
+    users: list[UserScore]
+    statuses: dict[str, int]
+    seconds: float
+    batch_id: int
+
+    def overall(self, method: str) -> float:
+        tests = sum(u.tests for u in self.users)
+        return sum(u.correct.get(method, 0) for u in self.users) / tests if tests else 0.0
+
+    def render(self) -> str:
+        head = f"{'user':<10}{'refs':>6}{'tests':>7}" + "".join(f"{m:>18}" for m in self.methods)
+        lines = [head, "-" * len(head)]
+        for u in self.users:
+            lines.append(
+                f"{u.user:<10}{u.references:>6}{u.tests:>7}"
+                + "".join(f"{100 * u.accuracy(m):>17.1f}%" for m in self.methods)
+            )
+        lines.append("-" * len(head))
+        tests = sum(u.tests for u in self.users)
+        lines.append(
+            f"{'overall':<10}{sum(u.references for u in self.users):>6}{tests:>7}"
+            + "".join(f"{100 * self.overall(m):>17.1f}%" for m in self.methods)
+        )
+        status = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
+        gain = 100 * (self.overall(self.methods[0]) - self.overall(self.methods[-1]))
+        lines += [
+            "",
+            f"judgments: {status} (batch {self.batch_id}); accuracy counts ties and invalid as wrong",
+            f"{self.methods[0]} vs {self.methods[-1]}: {gain:+.1f} points; finished in {self.seconds:.1f}s",
+        ]
+        return "\n".join(lines)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    users: int = 20,
+    images: int = 200,
+    tests_per_user: int = 10,
+    seed: int = 0,
+    backend: str = "lite",
+    progress: bool = True,
+) -> DemoReport:
+    started = time.perf_counter()
+    upgrade(settings.resolved_database_url)
+    set_dir = settings.resolved_image_root / "demo"
+    with bar(images, "drawing images", progress, unit="image") as pbar:
+        data = synthetic.generate(
+            set_dir, users=users, images=images, tests_per_user=tests_per_user, seed=seed, progress=pbar.update
+        )
+    res = get_resources()
+    tenant = settings.default_tenant
+
+    def uri(name: str) -> str:
+        return f"file://demo/{name}"
+
+    with session_scope(res.engine) as session:
+        tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
+        for u in data.users:
+            row = ensure_user(session=session, tenant_id=tenant_id, external_id=u.user_id)
+            for ref in u.references:
+                add_reference(
+                    session=session,
+                    user_id=row.id,  # type: ignore[arg-type]
+                    prompt=ref.prompt,
+                    chosen_uri=uri(ref.chosen),
+                    rejected_uri=uri(ref.rejected),
+                )
+        batch = create_batch(session=session, tenant=tenant, name=f"demo seed={seed}", kind="demo")
+        batch_id = batch.id
+    specs = [
+        JudgmentSpec(
+            tenant=tenant,
+            user=u.user_id,
+            prompt=t.prompt,
+            image_a=uri(t.image_a),
+            image_b=uri(t.image_b),
+            backend=backend,
+            batch_id=batch_id,
+        )
+        for u in data.users
+        for t in u.tests
+    ]
+    worker = embedded_worker(app) if settings.embedded_broker else contextlib.nullcontext()
+    with worker:
+        contexts = [bootstrap_context.delay(u.user_id, tenant=tenant, backend=backend) for u in data.users]
+        with bar(len(contexts), "bootstrapping contexts", progress, unit="user") as pbar:
+            for result in contexts:
+                result.get(timeout=600, disable_sync_subtasks=False)
+                pbar.update(1)
+        ids = submit_judgments(specs)
+        statuses = wait_for_judgments(res.engine, ids, progress=progress)
+
+    scores = {u.user_id: UserScore(u.user_id, len(u.references)) for u in data.users}
+    labels = [(u.user_id, t) for u in data.users for t in u.tests]
+    with session_scope(res.engine) as session:
+        for judgment_id, (user_id, test) in zip(ids, labels, strict=True):
+            row = get_judgment(session=session, judgment_id=judgment_id)
+            score = scores[user_id]
+            score.tests += 1
+            if row is not None and row.winner == test.label:
+                score.correct[backend] = score.correct.get(backend, 0) + 1
+    _baselines(data, set_dir, scores, seed)
+    methods = [backend, "random", "non-personalized"]
+    return DemoReport(methods, list(scores.values()), statuses, time.perf_counter() - started, batch_id)  # type: ignore[arg-type]
+
+
+def _baselines(data: synthetic.SyntheticSet, set_dir: Path, scores: dict[str, UserScore], seed: int) -> None:
+    """Random coin flips, and one global lite model fitted on every user's references pooled."""
+    loader = get_resources().loader
+    rng = np.random.default_rng(seed)
+    lite = LiteBackend()
+
+    def load(name: str):  # type: ignore[no-untyped-def]
+        return loader.load(f"file://demo/{name}")
+
+    pooled = [ReferenceExample(r.prompt, load(r.chosen), load(r.rejected)) for u in data.users for r in u.references]
+    global_context = lite.build_context(pooled)
+    for u in data.users:
+        score = scores[u.user_id]
+        for t in u.tests:
+            guess = "A" if rng.random() < 0.5 else "B"
+            score.correct["random"] = score.correct.get("random", 0) + (guess == t.label)
+            verdict = lite.judge(global_context, t.prompt, load(t.image_a), load(t.image_b))
+            score.correct["non-personalized"] = score.correct.get("non-personalized", 0) + (verdict.winner == t.label)

@@ -1,0 +1,46 @@
+"""Progress on stderr (stdout stays clean for pipes and tests), and waiting on ledger rows."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+from sqlalchemy.engine import Engine
+from tqdm import tqdm
+
+from models.db import session_scope
+from models.ledger import status_counts
+from models.tables import TERMINAL_STATUSES
+
+
+def bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+
+def wait_for_judgments(
+    engine: Engine,
+    ids: Sequence[int],
+    *,
+    desc: str = "judging",
+    progress: bool = True,
+    timeout_s: float = 3600.0,
+    poll_s: float = 0.25,
+) -> dict[str, int]:
+    """Block until every judgment in `ids` reached a terminal status; counts by status.
+
+    Reads the ledger, not Celery results, so it works with any broker and any number of workers.
+    """
+    deadline = time.monotonic() + timeout_s
+    with bar(len(ids), desc, progress, unit="judgment") as pbar:
+        while True:
+            with session_scope(engine) as session:
+                counts = status_counts(session=session, ids=ids)
+            finished = sum(n for status, n in counts.items() if status in TERMINAL_STATUSES)
+            pbar.update(finished - pbar.n)
+            pbar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
+            if finished >= len(ids):
+                return counts
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(ids) - finished} of {len(ids)} judgments unfinished after {timeout_s}s")
+            time.sleep(poll_s)

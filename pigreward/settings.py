@@ -1,0 +1,88 @@
+"""Configuration: one `BaseSettings` class, env prefix ``PIGREWARD_``.
+
+Defaults are the embedded set-up (SQLite file, local image folder, kombu in-memory broker with an
+in-process worker, the `lite` backend), so `pigreward demo` runs on a bare machine. Production sets
+the broker (Redis), the database (Postgres), the image store (S3) and the backend. Only entry points
+(CLI, Celery app, API) read settings; everything below them receives plain values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from pydantic import Field, SecretStr, computed_field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+class Settings(BaseSettings):
+    """Every knob, with the embedded default and the production meaning in its description."""
+
+    model_config = SettingsConfigDict(env_prefix="PIGREWARD_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("pigreward-data"), description="Where the embedded SQLite file, images and caches live."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Default: SQLite file in data_dir. "
+        "Production: postgresql+psycopg://user:pass@host:5432/db",
+    )
+    broker_url: str = Field(
+        "memory://",
+        description="Celery broker. memory:// means an in-process worker (embedded default). "
+        "Production: redis://host:6379/0",
+    )
+    result_backend: str = Field(
+        "cache+memory://", description="Celery results. Production: redis://host:6379/1"
+    )
+    image_root: Path | None = Field(
+        None, description="Root that file:// image URIs are confined to. Default: data_dir/images."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto...); None = AWS.")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_allowed_buckets: list[str] = Field(
+        default_factory=list, description="If set, only these buckets may be read (empty = any)."
+    )
+    max_image_bytes: int = Field(32 * 1024 * 1024, description="Refuse image files larger than this.")
+    max_image_pixels: int = Field(
+        50_000_000, description="Refuse images whose header declares more pixels (decompression bombs)."
+    )
+    pixel_budget: int = Field(
+        448 * 448, description="Images are resized to at most this many pixels (Qwen2-VL: 448x448)."
+    )
+    backend: str = Field("lite", description="Default judge backend (see `pigreward backends`).")
+    default_tenant: str = Field("default", description="Tenant used by the CLI and tasks.judge.delay.")
+    task_time_limit_s: int = Field(900, description="Hard limit of one task; the longest task we run.")
+    visibility_timeout_s: int = Field(
+        3600, description="Redis redelivery timeout for unacked tasks; must exceed the longest task."
+    )
+    max_retries: int = Field(5, description="Retries of transient errors (backoff with jitter).")
+    worker_concurrency: int = Field(4, description="Threads per worker process (pigreward worker).")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pigreward.db').resolve()}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_image_root(self) -> Path:
+        return (self.image_root or self.data_dir / "images").resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when the broker lives in this process, so the caller must run the worker itself."""
+        return self.broker_url.startswith("memory://")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and CLI options that change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,463 @@
+"""Synthetic images with known attributes, and simulated users with hidden tastes.
+
+Why: to check that a per-user preference model really learns *each* user's taste we need ground
+truth. Here a taste is defined on the DRAWING PARAMETERS (warmth, saturation, ...), never on a
+feature extractor, so a model that only sees pixels has to recover it from what the drawing
+encodes. Users come in opposite pairs (user 2k+1 = -user 2k), so one pooled, non-personalized
+model sits near chance while a per-user model can do well.
+
+Layout of a generated set::
+
+    out_dir/manifest.json          SyntheticSet (images' params, users, references, tests)
+    out_dir/images/img_0000.png    RGB, image_size x image_size
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pydantic import BaseModel, Field, field_validator
+
+ATTRIBUTES: tuple[str, ...] = ("warmth", "saturation", "brightness", "clutter", "centering", "symmetry")
+
+NOISE = 0.35
+"""Bradley-Terry temperature of simulated choices: ~85-90% of references agree with the utility."""
+MIN_TEST_GAP = 0.5
+"""Test pairs need at least this utility gap: a clear preference, like PIGBench's rank-1 vs rank-4."""
+PROMPTS: tuple[str, ...] = (
+    "Times Square at night",
+    "a quiet harbour at dawn",
+    "a mountain village in winter",
+    "a bowl of fruit on a table",
+    "an old library reading room",
+    "a desert road at sunset",
+    "a child's birthday party",
+    "a lighthouse in a storm",
+    "a futuristic city skyline",
+    "a garden after the rain",
+    "a busy fish market",
+    "a lone tree in a field",
+)
+MANIFEST = "manifest.json"
+IMAGE_DIR = "images"
+
+_MAX_CLUTTER = 60
+_IMAGE_NAME = re.compile(r"img_\d{4,}\.png")
+# Chroma directions in the (Cb, Cr) plane: azure blue -> (violet, magenta, red) -> orange. Along
+# this arc R-B grows monotonically, and luminance is set separately, so warmth, saturation and
+# brightness stay (nearly) independent in pixels.
+_THETA_COOL = math.atan2(-0.447, 0.894)
+_THETA_WARM = math.atan2(0.8, -0.6)
+
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _check_taste(taste: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(taste) - set(ATTRIBUTES))
+    if unknown:
+        raise ValueError(f"unknown taste attributes {unknown}; expected a subset of {list(ATTRIBUTES)}")
+    return taste
+
+
+class DrawParams(BaseModel, frozen=True):
+    """Everything needed to redraw one image: the six attributes (in [0, 1]) plus a layout seed."""
+
+    warmth: Unit
+    saturation: Unit
+    brightness: Unit
+    clutter: Unit
+    centering: Unit
+    symmetry: Unit
+    seed: int = Field(ge=0, description="Layout randomness (shape positions, sizes, jitter).")
+
+    def vector(self) -> np.ndarray:
+        """The attributes in ATTRIBUTES order, so tastes can be applied as a dot product."""
+        return np.array([getattr(self, a) for a in ATTRIBUTES], dtype=np.float64)
+
+
+class SimUser(BaseModel):
+    """A simulated user: a hidden linear taste over the drawing attributes and a choice noise."""
+
+    user_id: str
+    taste: dict[str, float]
+    noise: float = Field(NOISE, gt=0.0)
+
+    @field_validator("taste")
+    @classmethod
+    def _known_attributes(cls, taste: dict[str, float]) -> dict[str, float]:
+        return _check_taste(taste)
+
+
+class SynthReference(BaseModel):
+    """One past choice of a user: `chosen` was preferred over `rejected` (paths relative to the set dir)."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class SynthTest(BaseModel):
+    """A held-out pair with a noise-free label: the image with the higher hidden utility."""
+
+    prompt: str
+    image_a: str
+    image_b: str
+    label: Literal["A", "B"]
+
+
+class SynthUserData(BaseModel):
+    """What the manifest stores per user: the hidden taste (for evaluation only), references, tests."""
+
+    user_id: str
+    taste: dict[str, float]
+    references: list[SynthReference]
+    tests: list[SynthTest]
+
+    @field_validator("taste")
+    @classmethod
+    def _known_attributes(cls, taste: dict[str, float]) -> dict[str, float]:
+        return _check_taste(taste)
+
+
+class SyntheticSet(BaseModel):
+    """The manifest. `images` maps each image's path relative to the set dir (the same strings the
+    references and tests hold, e.g. ``images/img_0000.png``) to the parameters that drew it."""
+
+    seed: int
+    image_size: int
+    images: dict[str, DrawParams]
+    users: list[SynthUserData]
+
+
+def utility(taste: dict[str, float], params: DrawParams) -> float:
+    """Hidden utility of an image for a taste: sum(w * (attr - 0.5)); unknown attributes are an error."""
+    _check_taste(taste)
+    return float(sum(w * (getattr(params, a) - 0.5) for a, w in taste.items()))
+
+
+# ----------------------------------------------------------------------------------------- drawing
+
+
+def _ycc_to_rgb(lum: np.ndarray | float, chroma: float, theta: float) -> np.ndarray:
+    """RGB in [0, 1] from luminance, chroma and hue angle (BT.601 YCbCr), so the three are independent."""
+    cb = chroma * math.cos(theta)
+    cr = chroma * math.sin(theta)
+    lum = np.asarray(lum, dtype=np.float64)[..., None]
+    rgb = lum + np.array([1.402 * cr, -0.344136 * cb - 0.714136 * cr, 1.772 * cb])
+    return np.clip(rgb, 0.0, 1.0)
+
+
+def _color(lum: float, chroma: float, theta: float) -> tuple[int, int, int]:
+    r, g, b = (int(round(255.0 * c)) for c in _ycc_to_rgb(float(np.clip(lum, 0.0, 1.0)), chroma, theta))
+    return (r, g, b)
+
+
+def draw_image(params: DrawParams, size: int = 256) -> Image.Image:
+    """Draw an RGB image whose pixels measurably encode each attribute of `params`.
+
+    warmth -> hue (blue/cyan ... orange/red), saturation -> chroma, brightness -> luminance
+    0.15..0.95, clutter -> 1..60 small shapes and lines, centering -> a big subject at the centre
+    with empty borders (1) vs pushed to a corner with detail everywhere (0), symmetry -> blend
+    towards the subject's half mirrored onto the other half. All layout randomness comes from `params.seed`
+    and is drawn in a fixed amount, so changing one attribute never reshuffles the layout.
+    """
+    if size < 16:
+        raise ValueError(f"size must be >= 16, got {size}")
+    rng = np.random.default_rng(params.seed)
+    s = float(size)
+    lum = 0.15 + 0.8 * params.brightness
+    chroma = 0.015 + 0.27 * params.saturation
+    theta = _THETA_COOL + (_THETA_WARM - _THETA_COOL) * params.warmth
+    cen = params.centering
+
+    # Layout randomness, always the same number of draws.
+    grad_angle = rng.uniform(0.0, 2.0 * math.pi)
+    bg_jitter = rng.uniform(-0.1, 0.1)
+    corner = 0.12 + 0.76 * rng.integers(0, 2, size=2) + rng.uniform(-0.04, 0.04, size=2)
+    subj_r = rng.uniform(0.22, 0.28) * s
+    aspect = math.sqrt(rng.uniform(0.8, 1.25))
+    subj_sign = float(rng.choice([-1.0, 1.0]))
+    acc_dx = float(rng.choice([-1.0, 1.0])) * rng.uniform(0.6, 0.9)
+    acc_dy = rng.uniform(-0.5, 0.5)
+    acc_r = rng.uniform(0.35, 0.5) * subj_r
+    kinds = rng.integers(0, 4, size=_MAX_CLUTTER)
+    uniform_pos = rng.uniform(0.0, 1.0, size=(_MAX_CLUTTER, 2))
+    central_pos = 0.5 + 0.12 * rng.standard_normal(size=(_MAX_CLUTTER, 2))
+    extents = rng.uniform(0.015, 0.06, size=(_MAX_CLUTTER, 2)) * s
+    d_lum = rng.uniform(-0.3, 0.3, size=_MAX_CLUTTER)
+    d_chroma = rng.uniform(0.6, 1.2, size=_MAX_CLUTTER)
+    d_theta = rng.uniform(-0.15, 0.15, size=_MAX_CLUTTER)
+    angles = rng.uniform(0.0, 2.0 * math.pi, size=_MAX_CLUTTER)
+    widths = rng.integers(1, 4, size=_MAX_CLUTTER) * max(1, size // 256)
+
+    # Background: a luminance gradient in the palette hue, in an arbitrary (asymmetric) direction.
+    ax = (np.arange(size, dtype=np.float64) + 0.5) / s - 0.5
+    t = ax[None, :] * math.cos(grad_angle) + ax[:, None] * math.sin(grad_angle)
+    background = _ycc_to_rgb(lum + 0.18 * t, 0.8 * chroma, theta + bg_jitter)
+    img = Image.fromarray(np.rint(background * 255.0).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+
+    # Main subject: a big ellipse with an off-axis accent (so a centred subject is still asymmetric).
+    cx, cy = (corner + cen * (0.5 - corner)) * s
+    rx, ry = subj_r * aspect, subj_r / aspect
+    subj_lum = lum + 0.32 * subj_sign
+    draw.ellipse(
+        (cx - rx, cy - ry, cx + rx, cy + ry),
+        fill=_color(subj_lum, 1.15 * chroma, theta),
+        outline=_color(0.6 * subj_lum, chroma, theta),
+        width=max(1, size // 128),
+    )
+    ax_, ay_ = cx + acc_dx * rx, cy + acc_dy * ry
+    draw.ellipse(
+        (ax_ - acc_r, ay_ - acc_r, ax_ + acc_r, ay_ + acc_r),
+        fill=_color(lum + 0.18 * subj_sign, chroma, theta + 0.12),
+    )
+
+    # Clutter: small shapes and lines; centred compositions keep them near the middle.
+    n_clutter = 1 + int(round((_MAX_CLUTTER - 1) * params.clutter))
+    pos = np.clip((1.0 - cen) * uniform_pos + cen * central_pos, 0.0, 1.0) * s
+    for i in range(n_clutter):
+        x, y = pos[i]
+        w, h = extents[i]
+        color = _color(lum + d_lum[i], chroma * d_chroma[i], theta + d_theta[i])
+        kind = kinds[i]
+        if kind == 0:
+            draw.ellipse((x - w, y - h, x + w, y + h), fill=color)
+        elif kind == 1:
+            draw.rectangle((x - w, y - h, x + w, y + h), fill=color)
+        elif kind == 2:
+            length = 3.0 * w
+            end = (x + length * math.cos(angles[i]), y + length * math.sin(angles[i]))
+            draw.line(((x, y), end), fill=color, width=int(widths[i]))
+        else:
+            pts = [
+                (x + w * math.cos(angles[i] + k * 2.0944), y + w * math.sin(angles[i] + k * 2.0944))
+                for k in range(3)
+            ]
+            draw.polygon(pts, fill=color)
+
+    # Symmetry: blend towards a mirrored copy of the half holding the subject (exact mirror at 1).
+    arr = np.asarray(img, dtype=np.float64)
+    if params.symmetry > 0.0:
+        half = size // 2
+        mirrored = arr.copy()
+        if cx < s / 2:
+            mirrored[:, size - half :] = arr[:, :half][:, ::-1]
+        else:
+            mirrored[:, :half] = arr[:, size - half :][:, ::-1]
+        arr = arr + params.symmetry * (mirrored - arr)
+    return Image.fromarray(np.rint(arr).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------------- users
+
+
+def _sigmoid(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
+
+
+def _taste_vector(taste: dict[str, float]) -> np.ndarray:
+    _check_taste(taste)
+    return np.array([taste.get(a, 0.0) for a in ATTRIBUTES], dtype=np.float64)
+
+
+def _sample_taste(rng: np.random.Generator) -> dict[str, float]:
+    """Sparse: 2-3 strong attributes (|w| in [1.5, 3], random sign), the rest small (|w| <= 0.3)."""
+    weights = rng.uniform(-0.3, 0.3, size=len(ATTRIBUTES))
+    n_strong = int(rng.integers(2, 4))
+    strong = rng.choice(len(ATTRIBUTES), size=n_strong, replace=False)
+    weights[strong] = rng.uniform(1.5, 3.0, size=n_strong) * rng.choice([-1.0, 1.0], size=n_strong)
+    return {a: float(w) for a, w in zip(ATTRIBUTES, weights, strict=True)}
+
+
+def _sample_references(
+    rng: np.random.Generator, user: SimUser, names: list[str], util: np.ndarray, n_refs: int
+) -> tuple[list[SynthReference], set[frozenset[int]]]:
+    """Random distinct pairs; the chosen one follows Bradley-Terry on the hidden utility."""
+    n = len(names)
+    if n_refs > n * (n - 1) // 2:
+        raise ValueError(f"{n} images give fewer than {n_refs} distinct pairs; use more images")
+    used: set[frozenset[int]] = set()
+    refs: list[SynthReference] = []
+    while len(refs) < n_refs:
+        a, b = (int(i) for i in rng.choice(n, size=2, replace=False))
+        prompt = PROMPTS[int(rng.integers(len(PROMPTS)))]
+        p_a = _sigmoid((util[a] - util[b]) / user.noise)
+        a_chosen = bool(rng.random() < p_a)
+        if frozenset((a, b)) in used:
+            continue
+        used.add(frozenset((a, b)))
+        chosen, rejected = (a, b) if a_chosen else (b, a)
+        refs.append(SynthReference(prompt=prompt, chosen=names[chosen], rejected=names[rejected]))
+    return refs, used
+
+
+def _sample_test_pairs(
+    rng: np.random.Generator, util: np.ndarray, excluded: set[frozenset[int]], n_tests: int
+) -> list[tuple[int, int]]:
+    """Distinct pairs with a clear utility gap, disjoint from `excluded`; (winner, loser) each."""
+    n = len(util)
+    pairs: list[tuple[int, int]] = []
+    seen = set(excluded)
+    attempts = 0
+    max_attempts = 10_000 + 1_000 * n_tests
+    while len(pairs) < n_tests:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"found only {len(pairs)} of {n_tests} test pairs with utility gap >= {MIN_TEST_GAP} "
+                f"among {n} images; use more images or fewer tests"
+            )
+        a, b = (int(i) for i in rng.choice(n, size=2, replace=False))
+        key = frozenset((a, b))
+        if key in seen or abs(util[a] - util[b]) < MIN_TEST_GAP:
+            continue
+        seen.add(key)
+        pairs.append((a, b) if util[a] > util[b] else (b, a))
+    return pairs
+
+
+def _make_users(
+    rng_seed: np.random.SeedSequence,
+    names: list[str],
+    attrs: np.ndarray,
+    *,
+    users: int,
+    min_refs: int,
+    max_refs: int,
+    tests_per_user: int,
+) -> list[SynthUserData]:
+    """Users in opposite pairs sharing their test pairs (same images, opposite labels)."""
+    out: list[SynthUserData] = []
+    n_pairs = (users + 1) // 2
+    for k, pair_seed in enumerate(rng_seed.spawn(n_pairs)):
+        rng = np.random.default_rng(pair_seed)
+        taste = _sample_taste(rng)
+        members = [SimUser(user_id=f"user_{2 * k:02d}", taste=taste)]
+        if 2 * k + 1 < users:
+            opposite = {a: -w for a, w in taste.items()}
+            members.append(SimUser(user_id=f"user_{2 * k + 1:02d}", taste=opposite))
+
+        util0 = (attrs - 0.5) @ _taste_vector(taste)
+        refs: list[list[SynthReference]] = []
+        excluded: set[frozenset[int]] = set()
+        for member in members:
+            util = (attrs - 0.5) @ _taste_vector(member.taste)
+            n_refs = int(rng.integers(min_refs, max_refs + 1))
+            member_refs, used = _sample_references(rng, member, names, util, n_refs)
+            refs.append(member_refs)
+            excluded |= used
+
+        pairs = _sample_test_pairs(rng, util0, excluded, tests_per_user)
+        # Exactly balanced labels (odd count: the extra one is random), in random order.
+        n_a = tests_per_user // 2 + (int(rng.integers(2)) if tests_per_user % 2 else 0)
+        winner_is_a = rng.permutation(np.arange(tests_per_user) < n_a)
+        prompts = [PROMPTS[int(i)] for i in rng.integers(len(PROMPTS), size=tests_per_user)]
+        for j, member in enumerate(members):
+            tests = []
+            for (win, lose), win_a, prompt in zip(pairs, winner_is_a, prompts, strict=True):
+                a, b = (win, lose) if win_a else (lose, win)
+                label: Literal["A", "B"] = "A" if bool(win_a) == (j == 0) else "B"
+                tests.append(SynthTest(prompt=prompt, image_a=names[a], image_b=names[b], label=label))
+            out.append(
+                SynthUserData(user_id=member.user_id, taste=member.taste, references=refs[j], tests=tests)
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------ generate/load
+
+
+def _check_args(
+    users: int, images: int, min_refs: int, max_refs: int, tests_per_user: int, seed: int, image_size: int
+) -> None:
+    if users < 1:
+        raise ValueError(f"users must be >= 1, got {users}")
+    if images < 2:
+        raise ValueError(f"images must be >= 2, got {images}")
+    if not 0 <= min_refs <= max_refs:
+        raise ValueError(f"need 0 <= min_refs <= max_refs, got {min_refs}, {max_refs}")
+    if tests_per_user < 0:
+        raise ValueError(f"tests_per_user must be >= 0, got {tests_per_user}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+
+
+def generate(
+    out_dir: Path,
+    *,
+    users: int = 20,
+    images: int = 200,
+    min_refs: int = 5,
+    max_refs: int = 15,
+    tests_per_user: int = 10,
+    seed: int = 0,
+    image_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> SyntheticSet:
+    """Draw an image pool and simulate users; write images/ and manifest.json under `out_dir`.
+
+    Deterministic for a seed, and idempotent: rerunning rewrites the same bytes and removes stale
+    ``images/img_*.png`` left by an earlier, larger run. The image pool does not depend on the user
+    settings. `progress(n)` is called with the number of images just written (for a progress bar).
+    """
+    _check_args(users, images, min_refs, max_refs, tests_per_user, seed, image_size)
+    out_dir = Path(out_dir)
+    image_seq, user_seq = np.random.SeedSequence(seed).spawn(2)
+
+    rng = np.random.default_rng(image_seq)
+    attrs = rng.uniform(0.0, 1.0, size=(images, len(ATTRIBUTES)))
+    layout_seeds = rng.integers(0, 2**31, size=images)
+    width = max(4, len(str(images - 1)))
+    names = [f"{IMAGE_DIR}/img_{i:0{width}d}.png" for i in range(images)]
+    pool = {
+        name: DrawParams(seed=int(s), **dict(zip(ATTRIBUTES, (float(v) for v in row), strict=True)))
+        for name, row, s in zip(names, attrs, layout_seeds, strict=True)
+    }
+    # Users first: impossible settings fail before anything is written.
+    user_data = _make_users(
+        user_seq,
+        names,
+        attrs,
+        users=users,
+        min_refs=min_refs,
+        max_refs=max_refs,
+        tests_per_user=tests_per_user,
+    )
+    result = SyntheticSet(seed=seed, image_size=image_size, images=pool, users=user_data)
+
+    image_dir = out_dir / IMAGE_DIR
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for name, params in pool.items():
+        draw_image(params, image_size).save(out_dir / name, format="PNG")
+        if progress is not None:
+            progress(1)
+    keep = {Path(name).name for name in names}
+    for stale in image_dir.iterdir():
+        if _IMAGE_NAME.fullmatch(stale.name) and stale.name not in keep:
+            stale.unlink()
+
+    manifest = out_dir / MANIFEST
+    tmp = manifest.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, manifest)
+    return result
+
+
+def load(out_dir: Path) -> SyntheticSet:
+    """Read a set written by generate(); a missing manifest says how to make one."""
+    manifest = Path(out_dir) / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"no synthetic set at {manifest}: run pigreward.synthetic.generate({str(out_dir)!r}) first"
+        )
+    return SyntheticSet.model_validate_json(manifest.read_text(encoding="utf-8"))

@@ -1,0 +1,7 @@
+"""Celery tasks: `tasks.judge.delay(...)`, `tasks.bootstrap_context.delay(...)` and the bulk form."""
+
+from tasks.app import app
+from tasks.contexts import bootstrap_context
+from tasks.judging import judge, judge_chunk, submit_judgments
+
+__all__ = ["app", "bootstrap_context", "judge", "judge_chunk", "submit_judgments"]

@@ -1,0 +1,57 @@
+"""The Celery app: queues, routes and reliability settings, configured from settings.
+
+Queues: `context` (bootstrap a user's context), `judge` (interactive judgments), `optimize`
+(prompt optimization), `bulk` (chunked and nightly work, so it never starves `judge`).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from pigreward.settings import Settings, get_settings
+
+QUEUES = ("context", "judge", "optimize", "bulk")
+ROUTES = {
+    "pigreward.bootstrap_context": {"queue": "context"},
+    "pigreward.judge": {"queue": "judge"},
+    "pigreward.judge_chunk": {"queue": "bulk"},
+}
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    limit = settings.task_time_limit_s
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": "judge",
+        "task_routes": ROUTES,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # A task is acknowledged after it ran, and re-queued if its worker dies: tasks are idempotent
+        # (the ledger skips finished rows), so a redelivery never duplicates work.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": limit,
+        "task_soft_time_limit": max(1, limit - 30),
+        # Redis re-delivers an unacked message after this; it must outlast the longest task.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "result_expires": 7 * 24 * 3600,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "broker_connection_retry_on_startup": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("pigreward", include=["tasks.judging", "tasks.contexts"])
+    app.conf.update(celery_config(settings or get_settings()))
+    return app
+
+
+app = create_app()

@@ -1,0 +1,71 @@
+"""The per-process resources tasks hand to workers/: built once from settings, on first use.
+
+Celery creates one task object per process; a model client, an S3 client or a DB pool is made
+lazily here and reused, never at import time (so forking pools and the CLI stay cheap).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from models.db import make_engine
+from pigreward.settings import Settings, get_settings
+from workers.backends import Backend, create_backend
+from workers.imaging import ImageLimits, ImageLoader
+from workers.pipeline import Resources
+from workers.store import ImageStore, StoreConfig
+
+_lock = threading.Lock()
+_resources: Resources | None = None
+_backends: dict[str, Backend] = {}
+
+
+def store_config(settings: Settings) -> StoreConfig:
+    secret = settings.s3_secret_access_key
+    return StoreConfig(
+        image_root=settings.resolved_image_root,
+        max_bytes=settings.max_image_bytes,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        s3_access_key_id=settings.s3_access_key_id,
+        s3_secret_access_key=secret.get_secret_value() if secret else None,
+        allowed_buckets=tuple(settings.s3_allowed_buckets),
+    )
+
+
+def backend_for(name: str) -> Backend:
+    """One instance of each backend per process."""
+    with _lock:
+        if name not in _backends:
+            _backends[name] = create_backend(name)
+        return _backends[name]
+
+
+def build_resources(settings: Settings) -> Resources:
+    store = ImageStore(store_config(settings))
+    limits = ImageLimits(max_pixels=settings.max_image_pixels, pixel_budget=settings.pixel_budget)
+    return Resources(
+        engine=make_engine(settings.resolved_database_url),
+        loader=ImageLoader(store, limits),
+        backend_for=backend_for,
+    )
+
+
+def get_resources() -> Resources:
+    global _resources
+    with _lock:
+        if _resources is None:
+            _resources = build_resources(get_settings())
+        return _resources
+
+
+def reset_resources() -> None:
+    """Drop everything (tests and CLI commands that change settings)."""
+    global _resources
+    with _lock:
+        if _resources is not None:
+            _resources.engine.dispose()
+        _resources = None
+        for backend in _backends.values():
+            backend.close()
+        _backends.clear()

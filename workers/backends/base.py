@@ -1,0 +1,41 @@
+"""The one protocol every judge backend implements (lite on CPU; LVLM backends behind HTTP or in-process)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from workers.imaging import NormalizedImage
+from workers.schemas import ContextData, JudgeResult, ReferenceExample
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Builds a user's context from reference pairs and judges image pairs against it.
+
+    Identity attributes are stored with every context and judgment, so a change of model, revision
+    or prompt template is visible in the ledger and makes old results detectably stale.
+    """
+
+    name: str
+    model_id: str
+    model_revision: str
+    template_version: str
+
+    def build_context(self, references: Sequence[ReferenceExample]) -> ContextData:
+        """C_u from the user's references (at least one). Deterministic for the same inputs."""
+        ...
+
+    def judge(
+        self, context: ContextData, prompt: str, image_1: NormalizedImage, image_2: NormalizedImage
+    ) -> JudgeResult:
+        """Which of the two images this user prefers for `prompt`, per dimension, with reasons.
+
+        Must never invent a verdict: output the model did not produce in the protocol is returned
+        as `outcome="invalid"` with a reason and the raw text.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release clients, pools or GPU memory."""
+        ...

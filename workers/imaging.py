@@ -1,0 +1,133 @@
+"""Image normalization, done once per content and cached by its sha256.
+
+Every backend sees the same normalized picture: EXIF orientation applied, RGB (transparency flattened
+on white), at most `pixel_budget` pixels. Limits are checked on the header before any pixel is
+decoded, so a 30000x30000 "bomb" costs a few bytes of reading, not gigabytes of memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from workers.errors import ImageTooLarge, ImageUnreadable, InvalidRequest
+from workers.store import ImageStore
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = 50_000_000
+    pixel_budget: int = 448 * 448
+
+
+@dataclass(frozen=True, eq=False)
+class NormalizedImage:
+    """A decoded, oriented, resized RGB picture and the facts about its source bytes."""
+
+    sha256: str
+    uri: str
+    width: int  # of the source, before resizing
+    height: int
+    format: str
+    size_bytes: int
+    image: Image.Image
+
+
+def normalize(data: bytes, uri: str, limits: ImageLimits) -> NormalizedImage:
+    """Decode and normalize image bytes, raising a permanent error for anything unusable."""
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        raise ImageUnreadable(f"{uri!r} is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageUnreadable(f"{uri!r} is not an image in a known format") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageUnreadable(f"{uri!r} has an unreadable image header: {exc}") from exc
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageUnreadable(f"{uri!r} declares an empty size {width}x{height}")
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"{uri!r} declares {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}"
+        )
+    fmt = img.format or "unknown"
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{uri!r} looks like a decompression bomb: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageUnreadable(f"{uri!r} has corrupt image data: {exc}") from exc
+    img = _fit_budget(img, limits.pixel_budget)
+    return NormalizedImage(
+        sha256=digest, uri=uri, width=width, height=height, format=fmt, size_bytes=len(data), image=img
+    )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def _fit_budget(img: Image.Image, budget: int) -> Image.Image:
+    w, h = img.size
+    if w * h <= budget:
+        return img
+    scale = math.sqrt(budget / (w * h))
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+class ImageLoader:
+    """Fetch + normalize with an LRU cache keyed by content hash (thread-safe, per process)."""
+
+    def __init__(self, store: ImageStore, limits: ImageLimits, cache_size: int = 512) -> None:
+        self.store = store
+        self.limits = limits
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, NormalizedImage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, uri: str) -> NormalizedImage:
+        if not uri or not uri.strip():
+            raise InvalidRequest("image URI is empty")
+        data = self.store.read(uri)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                self._cache.move_to_end(digest)
+        if hit is not None:
+            return hit if hit.uri == uri else _with_uri(hit, uri)
+        image = normalize(data, uri, self.limits)
+        with self._lock:
+            self._cache[digest] = image
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return image
+
+
+def _with_uri(img: NormalizedImage, uri: str) -> NormalizedImage:
+    return NormalizedImage(
+        sha256=img.sha256,
+        uri=uri,
+        width=img.width,
+        height=img.height,
+        format=img.format,
+        size_bytes=img.size_bytes,
+        image=img.image,
+    )

@@ -1,0 +1,236 @@
+"""The judging pipeline, callable without Celery: load → normalize → backend → parse → persist.
+
+Tasks, the CLI, tests and benchmarks call these functions with the pieces a worker process holds
+(`Resources`). Bad input raises a `PermanentError` that is recorded on the row as `rejected`;
+transient errors propagate so the caller can retry; anything else is recorded as `failed` and re-raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+
+from models.contexts import find_context, save_context
+from models.db import session_scope
+from models.images import upsert_image
+from models.ledger import (
+    DimensionRecord,
+    VerdictRecord,
+    close_with_error,
+    finish_judgment,
+    get_judgment,
+    start_judgment,
+)
+from models.tables import EndUser, JudgmentStatus, UserContext
+from models.upsert import natural_key
+from models.users import find_tenant, find_user, list_references
+from workers.backends.base import Backend
+from workers.errors import InvalidRequest, NoReferences, PermanentError, TransientError, UnknownUser
+from workers.imaging import ImageLoader, NormalizedImage
+from workers.position import judge_pair
+from workers.schemas import ContextData, ReferenceExample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    """What one worker process holds and reuses across tasks."""
+
+    engine: Engine
+    loader: ImageLoader
+    backend_for: Callable[[str], Backend]
+
+
+class JudgmentSummary(BaseModel):
+    """What a judge task returns (the full result lives in the ledger)."""
+
+    judgment_id: int
+    status: str
+    winner: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    skipped: bool = False
+
+
+def references_hash(refs: list[tuple[str, str, str]]) -> str:
+    return natural_key("references", refs)
+
+
+def resolve_user(*, engine: Engine, tenant: str, user: str) -> EndUser:
+    with session_scope(engine) as session:
+        tenant_row = find_tenant(session=session, name=tenant)
+        row = find_user(session=session, tenant_id=tenant_row.id, external_id=user) if tenant_row else None  # type: ignore[arg-type]
+    if row is None:
+        raise UnknownUser(
+            f"unknown user {user!r} in tenant {tenant!r}: add the user and reference pairs first"
+        )
+    return row
+
+
+def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[UserContext, ContextData]:
+    """The user's context for the current references and backend version, built if missing."""
+    with session_scope(res.engine) as session:
+        refs = list_references(session=session, user_id=user_id)
+        if not refs:
+            raise NoReferences(f"user {user_id} has no reference pairs: a context needs at least one")
+        ref_hash = references_hash([(r.prompt, r.chosen_uri, r.rejected_uri) for r in refs])
+        version = {
+            "backend": backend.name,
+            "model_id": backend.model_id,
+            "model_revision": backend.model_revision,
+            "template_version": backend.template_version,
+        }
+        row = find_context(session=session, user_id=user_id, references_hash=ref_hash, **version)
+    if row is not None:
+        return row, ContextData(rationales=row.rationales, payload=row.payload)
+    started = time.perf_counter()
+    examples = []
+    for ref in refs:
+        try:
+            examples.append(
+                ReferenceExample(
+                    ref.prompt, res.loader.load(ref.chosen_uri), res.loader.load(ref.rejected_uri)
+                )
+            )
+        except PermanentError as exc:
+            raise type(exc)(f"reference pair {ref.id} of user {user_id}: {exc.message}") from exc
+    data = backend.build_context(examples)
+    with session_scope(res.engine) as session:
+        row = save_context(
+            session=session,
+            user_id=user_id,
+            references_hash=ref_hash,
+            reference_count=len(refs),
+            rationales=data.rationales,
+            payload=data.payload,
+            build_seconds=time.perf_counter() - started,
+            **version,
+        )
+    return row, data
+
+
+def run_judgment(*, res: Resources, judgment_id: int) -> JudgmentSummary:
+    """Run one ledger row to a terminal status (or raise a TransientError for a retry)."""
+    with session_scope(res.engine) as session:
+        row = start_judgment(session=session, judgment_id=judgment_id)
+        if row is None:
+            existing = get_judgment(session=session, judgment_id=judgment_id)
+            if existing is None:
+                raise LookupError(f"judgment {judgment_id} is not in the ledger")
+            return _summary(existing, skipped=True)
+        job = row.model_copy()
+    timings: dict[str, float] = {}
+    try:
+        if not job.prompt.strip():
+            raise InvalidRequest("prompt is empty")
+        user_id = job.user_id
+        if user_id is None:  # the user may have been created after the judgment was submitted
+            with session_scope(res.engine) as session:
+                tenant_row_user = _user_by_ref(session, job.tenant_id, job.user_ref)
+            if tenant_row_user is None:
+                raise UnknownUser(f"unknown user {job.user_ref!r}: add the user and reference pairs first")
+            user_id = tenant_row_user
+        backend = res.backend_for(job.backend)
+        t = time.perf_counter()
+        context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)
+        timings["context_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        image_a, image_b = res.loader.load(job.image_a_uri), res.loader.load(job.image_b_uri)
+        timings["images_s"] = time.perf_counter() - t
+        if image_a.sha256 == image_b.sha256:
+            raise InvalidRequest(
+                "image_a and image_b are the same image (identical bytes): a preference needs two different images"
+            )
+        t = time.perf_counter()
+        verdict = judge_pair(backend, context, job.prompt, image_a, image_b, swap=job.swap)
+        timings["backend_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with session_scope(res.engine) as session:
+            ids = [_image_id(session, img) for img in (image_a, image_b)]
+            first = verdict.first
+            usage: dict[str, int] = {}
+            for part in (verdict.first, verdict.second):
+                for k, v in (part.usage if part else {}).items():
+                    usage[k] = usage.get(k, 0) + v
+            record = VerdictRecord(
+                status=JudgmentStatus.done if verdict.outcome == "valid" else JudgmentStatus.invalid,
+                winner=verdict.winner,
+                total_a=first.total_a if verdict.outcome == "valid" else None,
+                total_b=first.total_b if verdict.outcome == "valid" else None,
+                rationale=first.rationale or None,
+                raw_outputs=verdict.raw_outputs,
+                invalid_reason=verdict.invalid_reason,
+                dimensions=[
+                    DimensionRecord(name=d.name, score_a=d.score_a, score_b=d.score_b, reason=d.reason)
+                    for d in (first.dimensions if verdict.outcome == "valid" else [])
+                ],
+                context_id=context_row.id,
+                image_a_id=ids[0],
+                image_b_id=ids[1],
+                judge_model=backend.model_id,
+                model_revision=backend.model_revision,
+                template_version=backend.template_version,
+                swap=job.swap,
+                timings={**timings, "persist_s": time.perf_counter() - t},
+                usage=usage,
+            )
+            finish_judgment(session=session, judgment_id=judgment_id, verdict=record)
+        return JudgmentSummary(judgment_id=judgment_id, status=record.status, winner=record.winner)
+    except PermanentError as exc:
+        _close(res, judgment_id, JudgmentStatus.rejected, exc.code, exc.message)
+        return JudgmentSummary(
+            judgment_id=judgment_id, status=JudgmentStatus.rejected, error_code=exc.code, error=exc.message
+        )
+    except TransientError:
+        raise
+    except Exception as exc:
+        log.exception("judgment %s failed", judgment_id)
+        _close(res, judgment_id, JudgmentStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def record_failure(*, engine: Engine, judgment_id: int, code: str, message: str) -> None:
+    """Give up on a judgment (retries exhausted): the reason stays on the row."""
+    with session_scope(engine) as session:
+        close_with_error(
+            session=session, judgment_id=judgment_id, status=JudgmentStatus.failed, code=code, message=message
+        )
+
+
+def _close(res: Resources, judgment_id: int, status: JudgmentStatus, code: str, message: str) -> None:
+    with session_scope(res.engine) as session:
+        close_with_error(session=session, judgment_id=judgment_id, status=status, code=code, message=message)
+
+
+def _user_by_ref(session, tenant_id: int, external_id: str) -> int | None:  # type: ignore[no-untyped-def]
+    user = find_user(session=session, tenant_id=tenant_id, external_id=external_id)
+    return user.id if user else None
+
+
+def _image_id(session, img: NormalizedImage) -> int:  # type: ignore[no-untyped-def]
+    return upsert_image(
+        session=session,
+        sha256=img.sha256,
+        uri=img.uri,
+        width=img.width,
+        height=img.height,
+        format=img.format,
+        size_bytes=img.size_bytes,
+    )
+
+
+def _summary(row, skipped: bool = False) -> JudgmentSummary:  # type: ignore[no-untyped-def]
+    return JudgmentSummary(
+        judgment_id=row.id,
+        status=row.status,
+        winner=row.winner,
+        error_code=row.error_code,
+        error=row.error,
+        skipped=skipped,
+    )

@@ -1,0 +1,56 @@
+"""Position-bias control: judge (A, B) and, when asked, (B, A), and combine the two verdicts.
+
+LVLM judges favour "Image 1" whatever it shows; a verdict only counts when both orders agree. The
+combined winner is A, B, tie, `inconsistent` (orders disagree) — or the result is invalid if either
+order's output was invalid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.backends.base import Backend
+from workers.imaging import NormalizedImage
+from workers.schemas import ContextData, JudgeResult
+
+_FLIP = {"A": "B", "B": "A", "tie": "tie"}
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """A judgment of A vs B; `first` is the (A, B) order, `second` the swapped order if run."""
+
+    outcome: str  # valid | invalid
+    winner: str | None  # A | B | tie | inconsistent, None when invalid
+    invalid_reason: str | None
+    first: JudgeResult
+    second: JudgeResult | None
+
+    @property
+    def raw_outputs(self) -> list[str]:
+        return [self.first.raw_text] + ([self.second.raw_text] if self.second else [])
+
+
+def combine(first: JudgeResult, second: JudgeResult | None) -> PairVerdict:
+    """Merge the two orders. `second` judged (B, A), so its winner is flipped back first."""
+    for label, res in (("first_order", first), ("second_order", second)):
+        if res is not None and res.outcome != "valid":
+            return PairVerdict("invalid", None, f"{label}:{res.invalid_reason or 'invalid'}", first, second)
+    if second is None:
+        return PairVerdict("valid", first.winner, None, first, None)
+    w1, w2 = first.winner, _FLIP[second.winner or "tie"]
+    winner = w1 if w1 == w2 else "inconsistent"
+    return PairVerdict("valid", winner, None, first, second)
+
+
+def judge_pair(
+    backend: Backend,
+    context: ContextData,
+    prompt: str,
+    image_a: NormalizedImage,
+    image_b: NormalizedImage,
+    swap: bool,
+) -> PairVerdict:
+    first = backend.judge(context, prompt, image_a, image_b)
+    second = backend.judge(context, prompt, image_b, image_a) if swap else None
+    return combine(first, second)

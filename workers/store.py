@@ -1,0 +1,143 @@
+"""Where images come from: `s3://bucket/key` through boto3, and files confined to one root folder.
+
+Only these two kinds of location are read; anything else (http://, ftp://, paths that climb out of
+the root by `..` or a symlink) is refused with `ForbiddenLocation`, so user-supplied URIs can never
+make a worker fetch arbitrary URLs or files.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.errors import (
+    ForbiddenLocation,
+    ImageNotFound,
+    ImageTooLarge,
+    StoreUnavailable,
+)
+
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_FORBIDDEN_CODES = {"AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """What the store needs, read from settings once by the entry point."""
+
+    image_root: Path
+    max_bytes: int = 32 * 1024 * 1024
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    allowed_buckets: tuple[str, ...] = field(default_factory=tuple)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        raise ForbiddenLocation(f"malformed S3 URI {uri!r}: expected s3://bucket/key")
+    return bucket, key
+
+
+class ImageStore:
+    """Reads image bytes by URI, enforcing the root, the allowed buckets and the byte limit."""
+
+    def __init__(self, config: StoreConfig, s3_client: Any | None = None) -> None:
+        self.config = config
+        self.root = config.image_root.resolve()
+        self._s3 = s3_client
+        self._lock = threading.Lock()
+
+    def read(self, uri: str) -> bytes:
+        if uri.startswith("s3://"):
+            return self._read_s3(*split_s3(uri))
+        if "://" in uri and not uri.startswith("file://"):
+            scheme = uri.split("://", 1)[0]
+            raise ForbiddenLocation(f"unsupported image location scheme {scheme!r}: use s3:// or file://")
+        return self._read_file(self.resolve_file(uri))
+
+    def resolve_file(self, uri: str) -> Path:
+        """The real path of a file:// URI (or plain path), which must lie inside the root."""
+        raw = uri[len("file://") :] if uri.startswith("file://") else uri
+        if not raw:
+            raise ForbiddenLocation("empty file path")
+        candidate = Path(raw)
+        if not candidate.is_absolute():
+            candidate = self.root / candidate
+        real = candidate.resolve()  # follows symlinks, collapses '..'
+        if not real.is_relative_to(self.root):
+            raise ForbiddenLocation(f"{uri!r} resolves outside the image root {str(self.root)!r}")
+        return real
+
+    def write_file(self, relative: str, data: bytes) -> str:
+        """Store bytes under the root (demo, uploads); returns the file:// URI."""
+        path = self.resolve_file(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return f"file://{path.relative_to(self.root)}"
+
+    def _read_file(self, path: Path) -> bytes:
+        if not path.is_file():
+            raise ImageNotFound(f"no image file at {str(path)!r}")
+        size = path.stat().st_size
+        if size > self.config.max_bytes:
+            raise ImageTooLarge(f"image file is {size} bytes, over the limit of {self.config.max_bytes}")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise StoreUnavailable(f"could not read {str(path)!r}: {exc}") from exc
+
+    @property
+    def s3(self) -> Any:
+        """One boto3 client per store (clients are thread-safe), made on first use."""
+        with self._lock:
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
+
+                self._s3 = boto3.client(
+                    "s3",
+                    endpoint_url=self.config.s3_endpoint_url,
+                    region_name=self.config.s3_region,
+                    aws_access_key_id=self.config.s3_access_key_id,
+                    aws_secret_access_key=self.config.s3_secret_access_key,
+                    config=Config(
+                        connect_timeout=5,
+                        read_timeout=30,
+                        retries={"max_attempts": 3, "mode": "standard"},
+                    ),
+                )
+            return self._s3
+
+    def _read_s3(self, bucket: str, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
+            raise ForbiddenLocation(f"bucket {bucket!r} is not in the allowed buckets")
+        try:
+            obj = self.s3.get_object(Bucket=bucket, Key=key)
+            size = int(obj.get("ContentLength") or 0)
+            body = obj["Body"]
+            if size > self.config.max_bytes:
+                body.close()
+                raise ImageTooLarge(
+                    f"s3://{bucket}/{key} is {size} bytes, over the limit of {self.config.max_bytes}"
+                )
+            data = body.read(self.config.max_bytes + 1)
+            body.close()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND_CODES:
+                raise ImageNotFound(f"no object at s3://{bucket}/{key} ({code})") from exc
+            if code in _FORBIDDEN_CODES:
+                raise ForbiddenLocation(f"access to s3://{bucket}/{key} denied ({code})") from exc
+            raise StoreUnavailable(f"S3 error reading s3://{bucket}/{key}: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 unreachable reading s3://{bucket}/{key}: {exc}") from exc
+        if len(data) > self.config.max_bytes:
+            raise ImageTooLarge(f"s3://{bucket}/{key} is over the limit of {self.config.max_bytes} bytes")
+        return data
