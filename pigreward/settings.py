@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         "Production: postgresql+psycopg://user:pass@host:5432/db",
     )
     broker_url: str = Field(
-        "memory://",
+        "memory://localhost/",
         description="Celery broker. memory:// means an in-process worker (embedded default). "
         "Production: redis://host:6379/0",
     )

@@ -48,6 +48,8 @@ def normalize(data: bytes, uri: str, limits: ImageLimits) -> NormalizedImage:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageUnreadable(f"{uri!r} is not an image in a known format") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, at twice its pixel limit
+        raise ImageTooLarge(f"{uri!r} is a likely decompression bomb: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageUnreadable(f"{uri!r} has an unreadable image header: {exc}") from exc
     width, height = img.size
