@@ -25,7 +25,9 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic set.")
 @click.option("--backend", default=None, help="Judge backend (default: settings).")
 @click.option("--no-progress", is_flag=True, help="No progress bars on stderr.")
-def demo(users: int, images: int, tests_per_user: int, seed: int, backend: str | None, no_progress: bool) -> None:
+def demo(
+    users: int, images: int, tests_per_user: int, seed: int, backend: str | None, no_progress: bool
+) -> None:
     """Generate a synthetic set, judge every test pair through the queue, print accuracies."""
     from pigreward.demo import run_demo
 
@@ -117,7 +119,11 @@ def refs_add(user: str, prompt: str, chosen: str, rejected: str) -> None:
         tenant = ensure_tenant(session=session, name=settings.default_tenant)
         row = ensure_user(session=session, tenant_id=tenant.id, external_id=user)  # type: ignore[arg-type]
         ref = add_reference(
-            session=session, user_id=row.id, prompt=prompt, chosen_uri=chosen_uri, rejected_uri=rejected_uri  # type: ignore[arg-type]
+            session=session,
+            user_id=row.id,
+            prompt=prompt,
+            chosen_uri=chosen_uri,
+            rejected_uri=rejected_uri,  # type: ignore[arg-type]
         )
     click.echo(f"reference {ref.id} for user {user!r}: {chosen_uri} > {rejected_uri}")
 
@@ -177,7 +183,9 @@ def _render_judgment(row, dims) -> str:  # type: ignore[no-untyped-def]
     for d in dims:
         lines.append(f"{d.name:<{width}}  {d.score_a:>7.2f}  {d.score_b:>7.2f}  {d.reason}")
     lines.append(f"{'total':<{width}}  {row.total_a:>7.2f}  {row.total_b:>7.2f}")
-    lines.append(f"winner: {row.winner}   ({row.judge_model} rev {row.model_revision}, {row.template_version})")
+    lines.append(
+        f"winner: {row.winner}   ({row.judge_model} rev {row.model_revision}, {row.template_version})"
+    )
     if row.rationale:
         lines.append(f"rationale: {row.rationale}")
     return "\n".join(lines)

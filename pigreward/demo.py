@@ -89,7 +89,12 @@ def run_demo(
     set_dir = settings.resolved_image_root / "demo"
     with bar(images, "drawing images", progress, unit="image") as pbar:
         data = synthetic.generate(
-            set_dir, users=users, images=images, tests_per_user=tests_per_user, seed=seed, progress=pbar.update
+            set_dir,
+            users=users,
+            images=images,
+            tests_per_user=tests_per_user,
+            seed=seed,
+            progress=pbar.update,
         )
     res = get_resources()
     tenant = settings.default_tenant
@@ -157,7 +162,9 @@ def _baselines(data: synthetic.SyntheticSet, set_dir: Path, scores: dict[str, Us
     def load(name: str):  # type: ignore[no-untyped-def]
         return loader.load(f"file://demo/{name}")
 
-    pooled = [ReferenceExample(r.prompt, load(r.chosen), load(r.rejected)) for u in data.users for r in u.references]
+    pooled = [
+        ReferenceExample(r.prompt, load(r.chosen), load(r.rejected)) for u in data.users for r in u.references
+    ]
     global_context = lite.build_context(pooled)
     for u in data.users:
         score = scores[u.user_id]
@@ -165,4 +172,6 @@ def _baselines(data: synthetic.SyntheticSet, set_dir: Path, scores: dict[str, Us
             guess = "A" if rng.random() < 0.5 else "B"
             score.correct["random"] = score.correct.get("random", 0) + (guess == t.label)
             verdict = lite.judge(global_context, t.prompt, load(t.image_a), load(t.image_b))
-            score.correct["non-personalized"] = score.correct.get("non-personalized", 0) + (verdict.winner == t.label)
+            score.correct["non-personalized"] = score.correct.get("non-personalized", 0) + (
+                verdict.winner == t.label
+            )

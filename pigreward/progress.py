@@ -42,5 +42,7 @@ def wait_for_judgments(
             if finished >= len(ids):
                 return counts
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(ids) - finished} of {len(ids)} judgments unfinished after {timeout_s}s")
+                raise TimeoutError(
+                    f"{len(ids) - finished} of {len(ids)} judgments unfinished after {timeout_s}s"
+                )
             time.sleep(poll_s)

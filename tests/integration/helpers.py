@@ -15,7 +15,13 @@ from tests.integration.conftest import Stack, png_bytes
 def image(stack: Stack, key: str, *, warmth: float, brightness: float = 0.6, seed: int = 0) -> str:
     """Draw a synthetic image with the given warmth, upload it to S3, return its URI."""
     params = DrawParams(
-        warmth=warmth, saturation=0.7, brightness=brightness, clutter=0.3, centering=0.6, symmetry=0.4, seed=seed
+        warmth=warmth,
+        saturation=0.7,
+        brightness=brightness,
+        clutter=0.3,
+        centering=0.6,
+        symmetry=0.4,
+        seed=seed,
     )
     return stack.put(key, png_bytes(draw_image(params, size=128)))
 
@@ -31,7 +37,11 @@ def user_who_likes_warm(stack: Stack, user: str, *, warm: bool = True, tenant: s
             cold = image(stack, f"refs/{i}-cold.png", warmth=0.1, brightness=0.8 - 0.1 * i, seed=100 + i)
             chosen, rejected = (hot, cold) if warm else (cold, hot)
             add_reference(
-                session=session, user_id=row.id, prompt=f"scene {i}", chosen_uri=chosen, rejected_uri=rejected  # type: ignore[arg-type]
+                session=session,
+                user_id=row.id,
+                prompt=f"scene {i}",
+                chosen_uri=chosen,
+                rejected_uri=rejected,  # type: ignore[arg-type]
             )
 
 
@@ -43,4 +53,6 @@ def judgment_rows(key_filter=None) -> list[Judgment]:  # type: ignore[no-untyped
 
 def dimension_count(judgment_id: int) -> int:
     with session_scope(get_resources().engine) as session:
-        return len(list(session.exec(select(DimensionScore).where(DimensionScore.judgment_id == judgment_id))))
+        return len(
+            list(session.exec(select(DimensionScore).where(DimensionScore.judgment_id == judgment_id)))
+        )

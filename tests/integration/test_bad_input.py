@@ -45,8 +45,14 @@ def outcomes(stack):  # type: ignore[no-untyped-def]
         ensure_user(session=session, tenant_id=tenant.id, external_id="no-refs-user")  # type: ignore[arg-type]
     good_a = image(stack, "bad/good-a.png", warmth=0.9, seed=61)
     good_b = image(stack, "bad/good-b.png", warmth=0.2, seed=62)
-    full_png = png_bytes(draw_image(DrawParams(warmth=0.5, saturation=0.5, brightness=0.5, clutter=0.5,
-                                               centering=0.5, symmetry=0.5, seed=3), size=128))
+    full_png = png_bytes(
+        draw_image(
+            DrawParams(
+                warmth=0.5, saturation=0.5, brightness=0.5, clutter=0.5, centering=0.5, symmetry=0.5, seed=3
+            ),
+            size=128,
+        )
+    )
     (stack.image_root / "inside.png").write_bytes(full_png)
     os.symlink("/etc", stack.image_root / "escape")
     user = "bad-input-user"
@@ -54,7 +60,12 @@ def outcomes(stack):  # type: ignore[no-untyped-def]
         "missing_s3_key": (user, "p", "s3://pigreward-test/does/not/exist.png", good_b),
         "corrupt_bytes": (user, "p", stack.put("bad/corrupt.png", corrupt_png()), good_b),
         "truncated_png": (user, "p", stack.put("bad/truncated.png", full_png[: len(full_png) // 2]), good_b),
-        "non_image_file": (user, "p", stack.put("bad/notes.txt", b"hello, this is not an image\n" * 20), good_b),
+        "non_image_file": (
+            user,
+            "p",
+            stack.put("bad/notes.txt", b"hello, this is not an image\n" * 20),
+            good_b,
+        ),
         "pixel_bomb": (user, "p", stack.put("bad/bomb.png", png_bomb()), good_b),
         "pixel_limit": (user, "p", stack.put("bad/big.png", png_bomb(8000, 6000)), good_b),
         "dotdot_escape": (user, "p", "file://../../../../etc/hostname", good_b),

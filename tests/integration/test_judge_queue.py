@@ -77,7 +77,9 @@ def test_chunked_bulk_form_judges_every_row(stack) -> None:  # type: ignore[no-u
     user_who_likes_warm(stack, "bulk-user")
     uris = [image(stack, f"bulk/{i}.png", warmth=i / 11, seed=40 + i) for i in range(12)]
     specs = [
-        JudgmentSpec(tenant="default", user="bulk-user", prompt=f"p{i}", image_a=uris[i], image_b=uris[11 - i])
+        JudgmentSpec(
+            tenant="default", user="bulk-user", prompt=f"p{i}", image_a=uris[i], image_b=uris[11 - i]
+        )
         for i in range(12)
         if i != 11 - i
     ]

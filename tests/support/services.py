@@ -47,10 +47,24 @@ def redis_server(tmp: Path) -> Iterator[str]:
     """A private redis-server on a free port; yields its URL (database 0)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed: apt-get install redis-server (or brew install redis)")
+        raise RuntimeError(
+            "redis-server is not installed: apt-get install redis-server (or brew install redis)"
+        )
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -109,22 +123,19 @@ def moto_s3() -> Iterator[str]:
 
 
 @contextmanager
-def celery_worker(env: dict[str, str], queues: str, log: Path, pool: str = "threads", concurrency: int = 4) -> Iterator[subprocess.Popen]:
-    """A real `celery worker` process; ready once it answers a ping."""
+def celery_worker(
+    env: dict[str, str], queues: str, log: Path, pool: str = "threads", concurrency: int = 4
+) -> Iterator[subprocess.Popen]:
+    """A real worker process (`pigreward worker`), ready once Celery logs `ready.`."""
     cmd = [
         sys.executable,
         "-m",
-        "celery",
-        "-A",
-        "tasks",
+        "pigreward.cli",
         "worker",
         f"--queues={queues}",
         f"--pool={pool}",
         f"--concurrency={concurrency}",
         "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        f"--hostname=test-{uuid.uuid4().hex[:6]}@%h",
     ]
     out = log.open("ab")
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)

@@ -1,0 +1,158 @@
+"""The `pigreward` command on the embedded default (SQLite, local images, in-process worker)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import REPO
+
+
+def run_cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")}
+    env["PIGREWARD_DATA_DIR"] = str(data_dir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pigreward.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    data_dir = tmp_path_factory.mktemp("demo")
+    proc = run_cli(data_dir, "demo", "--no-progress")
+    return data_dir, proc.stdout
+
+
+def _overall(stdout: str) -> list[float]:
+    line = next(line for line in stdout.splitlines() if line.startswith("overall"))
+    return [float(x) for x in re.findall(r"([\d.]+)%", line)]
+
+
+def test_demo_prints_all_methods_and_lite_beats_the_non_personalized_baseline(demo_run) -> None:  # type: ignore[no-untyped-def]
+    _, stdout = demo_run
+    header = stdout.splitlines()[0]
+    for method in ("lite", "random", "non-personalized"):
+        assert method in header
+    lite, random_, global_ = _overall(stdout)
+    assert lite - global_ >= 10.0, stdout
+    assert 0 <= random_ <= 100
+    assert "judgments: done 200" in stdout
+    assert "pigreward.db" in stdout
+
+
+def test_judge_command_prints_the_dimension_table(demo_run) -> None:  # type: ignore[no-untyped-def]
+    data_dir, _ = demo_run
+    images = data_dir / "images" / "demo" / "images"
+    proc = run_cli(
+        data_dir,
+        "judge",
+        "--user",
+        "user_00",
+        "--prompt",
+        "a lighthouse",
+        str(images / "img_0001.png"),
+        str(images / "img_0002.png"),
+    )
+    assert "dimension" in proc.stdout and "total" in proc.stdout
+    assert re.search(r"winner: (A|B|tie)", proc.stdout)
+    assert "lite-bradley-terry" in proc.stdout
+
+
+def test_judge_command_copies_outside_files_in_and_reports_bad_input(demo_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data_dir, _ = demo_run
+    images = data_dir / "images" / "demo" / "images"
+    outside = tmp_path / "mine.png"
+    outside.write_bytes((images / "img_0003.png").read_bytes())
+    ok = run_cli(
+        data_dir, "judge", "--user", "user_01", "--prompt", "x", str(outside), str(images / "img_0004.png")
+    )
+    assert "status done" in ok.stdout
+    assert list((data_dir / "images" / "uploads").glob("*.png"))
+
+    missing = run_cli(
+        data_dir, "judge", "--user", "user_01", "--prompt", "x", "file://nope.png", str(outside), check=False
+    )
+    assert missing.returncode == 1
+    assert "status rejected" in missing.stdout and "[image_not_found]" in missing.stdout
+
+    unknown = run_cli(
+        data_dir,
+        "judge",
+        "--user",
+        "ghost",
+        "--prompt",
+        "x",
+        str(outside),
+        str(images / "img_0004.png"),
+        check=False,
+    )
+    assert unknown.returncode == 1 and "[unknown_user]" in unknown.stdout
+
+
+def test_refs_add_then_judge_for_a_new_user(tmp_path: Path) -> None:
+    from pigreward.synthetic import DrawParams, draw_image
+
+    def draw(name: str, warmth: float, seed: int) -> str:
+        path = tmp_path / name
+        draw_image(
+            DrawParams(
+                warmth=warmth,
+                saturation=0.7,
+                brightness=0.5,
+                clutter=0.3,
+                centering=0.5,
+                symmetry=0.5,
+                seed=seed,
+            ),
+            size=96,
+        ).save(path)
+        return str(path)
+
+    data_dir = tmp_path / "data"
+    for i in range(4):
+        out = run_cli(
+            data_dir,
+            "refs",
+            "add",
+            "--user",
+            "cool-fan",
+            "--prompt",
+            f"p{i}",
+            draw(f"c{i}.png", 0.1, i),
+            draw(f"w{i}.png", 0.9, 10 + i),
+        )
+        assert "reference" in out.stdout
+    proc = run_cli(
+        data_dir,
+        "judge",
+        "--user",
+        "cool-fan",
+        "--prompt",
+        "new",
+        draw("new-w.png", 0.95, 50),
+        draw("new-c.png", 0.05, 51),
+    )
+    assert "winner: B" in proc.stdout  # the cooler image, as every reference chose
+
+
+def test_db_upgrade_and_worker_refusal_on_the_embedded_broker(tmp_path: Path) -> None:
+    up = run_cli(tmp_path, "db", "upgrade")
+    assert "database at revision 0001" in up.stdout
+    worker = run_cli(tmp_path, "worker", check=False)
+    assert worker.returncode != 0
+    assert "memory://" in worker.stderr and "PIGREWARD_BROKER_URL" in worker.stderr
