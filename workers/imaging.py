@@ -32,7 +32,7 @@ class NormalizedImage:
 
     sha256: str
     uri: str
-    width: int  # of the source, before resizing
+    width: int  # of the source as stored (before EXIF rotation and resizing)
     height: int
     format: str
     size_bytes: int
@@ -90,8 +90,10 @@ def _fit_budget(img: Image.Image, budget: int) -> Image.Image:
     if w * h <= budget:
         return img
     scale = math.sqrt(budget / (w * h))
-    size = (max(1, int(w * scale)), max(1, int(h * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC)
+    nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
+    # a side clamped up to 1 px must shrink the other, or very thin images overshoot the budget
+    nw, nh = min(nw, max(1, budget // nh)), min(nh, max(1, budget // nw))
+    return img.resize((nw, nh), Image.Resampling.BICUBIC)
 
 
 class ImageLoader:

@@ -7,6 +7,7 @@ make a worker fetch arbitrary URLs or files.
 
 from __future__ import annotations
 
+import errno
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +66,15 @@ class ImageStore:
         raw = uri[len("file://") :] if uri.startswith("file://") else uri
         if not raw:
             raise ForbiddenLocation("empty file path")
+        if "\x00" in raw:
+            raise ForbiddenLocation("file path contains a NUL byte")
         candidate = Path(raw)
         if not candidate.is_absolute():
             candidate = self.root / candidate
-        real = candidate.resolve()  # follows symlinks, collapses '..'
+        try:
+            real = candidate.resolve()  # follows symlinks, collapses '..'
+        except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, over-long names
+            raise ForbiddenLocation(f"{uri!r} cannot be resolved: {exc}") from exc
         if not real.is_relative_to(self.root):
             raise ForbiddenLocation(f"{uri!r} resolves outside the image root {str(self.root)!r}")
         return real
@@ -81,9 +87,14 @@ class ImageStore:
         return f"file://{path.relative_to(self.root)}"
 
     def _read_file(self, path: Path) -> bytes:
-        if not path.is_file():
-            raise ImageNotFound(f"no image file at {str(path)!r}")
-        size = path.stat().st_size
+        try:
+            if not path.is_file():
+                raise ImageNotFound(f"no image file at {str(path)!r}")
+            size = path.stat().st_size
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise ImageNotFound(f"no image file at {str(path)!r} ({exc.strerror})") from exc
+            raise StoreUnavailable(f"could not stat {str(path)!r}: {exc}") from exc
         if size > self.config.max_bytes:
             raise ImageTooLarge(f"image file is {size} bytes, over the limit of {self.config.max_bytes}")
         try:

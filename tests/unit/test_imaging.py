@@ -28,7 +28,9 @@ def _encode(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def _png_bomb(width: int, height: int) -> bytes:
@@ -187,7 +189,9 @@ def test_resize_to_budget_keeps_aspect_ratio() -> None:
     assert w / h == pytest.approx(4.0, rel=0.02)
 
 
-@pytest.mark.parametrize(("size", "budget"), [((1000, 37), 5000), ((37, 1000), 5000), ((640, 480), 448 * 448)])
+@pytest.mark.parametrize(
+    ("size", "budget"), [((1000, 37), 5000), ((37, 1000), 5000), ((640, 480), 448 * 448)]
+)
 def test_budget_respected_for_odd_shapes(size: tuple[int, int], budget: int) -> None:
     out = normalize(_encode(Image.new("RGB", size)), "u", ImageLimits(pixel_budget=budget))
     w, h = out.image.size
@@ -317,7 +321,9 @@ def _count_normalize(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_loader_caches_by_content(loader_env: tuple[ImageStore, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loader_caches_by_content(
+    loader_env: tuple[ImageStore, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, root = loader_env
     data = _encode(Image.new("RGB", (20, 10), (9, 8, 7)))
     (root / "one.png").write_bytes(data)

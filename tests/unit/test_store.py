@@ -213,6 +213,28 @@ def test_os_error_while_reading_is_transient(
         store.read("a.png")
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("a\x00.png", id="nul-byte"),
+        pytest.param("file://a\x00.png", id="nul-byte-file-uri"),
+        pytest.param("x" * 300, id="name-too-long"),
+        pytest.param("file://" + "y" * 300 + ".png", id="name-too-long-file-uri"),
+    ],
+)
+def test_hostile_paths_are_permanent_errors(store: ImageStore, uri: str) -> None:
+    """User-supplied junk must be rejected as bad input, never leak OSError/ValueError to the worker."""
+    with pytest.raises(PermanentError):
+        store.read(uri)
+
+
+def test_symlink_loop_is_a_permanent_error(store: ImageStore, root: Path) -> None:
+    (root / "loop1").symlink_to(root / "loop2")
+    (root / "loop2").symlink_to(root / "loop1")
+    with pytest.raises(PermanentError):
+        store.read("loop1")
+
+
 # ---------------------------------------------------------------------------------- write_file
 
 
