@@ -12,6 +12,7 @@
     │   └── BackendRejected     the backend refused the request itself (4xx other than 429)
     └── TransientError          worth retrying with backoff (Celery `autoretry_for` names this branch)
         ├── StoreUnavailable    S3 / disk connection problems, throttling
+        ├── DatabaseUnavailable connection lost, deadlock, serialization failure
         └── BackendUnavailable  model server down, 429, 5xx, timeouts
 
 Each class carries a stable `code` that is stored in `judgment.error_code`.
@@ -70,6 +71,10 @@ class TransientError(PigrewardError):
 
 class StoreUnavailable(TransientError):
     code = "store_unavailable"
+
+
+class DatabaseUnavailable(TransientError):
+    code = "database_unavailable"
 
 
 class BackendUnavailable(TransientError):

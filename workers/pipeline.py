@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from models.contexts import find_context, save_context
 from models.db import session_scope
@@ -30,7 +31,14 @@ from models.tables import EndUser, JudgmentStatus, UserContext
 from models.upsert import natural_key
 from models.users import find_tenant, find_user, list_references
 from workers.backends.base import Backend
-from workers.errors import InvalidRequest, NoReferences, PermanentError, TransientError, UnknownUser
+from workers.errors import (
+    DatabaseUnavailable,
+    InvalidRequest,
+    NoReferences,
+    PermanentError,
+    TransientError,
+    UnknownUser,
+)
 from workers.imaging import ImageLoader, NormalizedImage
 from workers.position import judge_pair
 from workers.schemas import ContextData, ReferenceExample
@@ -117,14 +125,17 @@ def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[U
 
 def run_judgment(*, res: Resources, judgment_id: int) -> JudgmentSummary:
     """Run one ledger row to a terminal status (or raise a TransientError for a retry)."""
-    with session_scope(res.engine) as session:
-        row = start_judgment(session=session, judgment_id=judgment_id)
-        if row is None:
-            existing = get_judgment(session=session, judgment_id=judgment_id)
-            if existing is None:
-                raise LookupError(f"judgment {judgment_id} is not in the ledger")
-            return _summary(existing, skipped=True)
-        job = row.model_copy()
+    try:
+        with session_scope(res.engine) as session:
+            row = start_judgment(session=session, judgment_id=judgment_id)
+            if row is None:
+                existing = get_judgment(session=session, judgment_id=judgment_id)
+                if existing is None:
+                    raise LookupError(f"judgment {judgment_id} is not in the ledger")
+                return _summary(existing, skipped=True)
+            job = row.model_copy()
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"database error, will retry: {exc.orig or exc}") from exc
     timings: dict[str, float] = {}
     try:
         if not job.prompt.strip():
@@ -152,7 +163,9 @@ def run_judgment(*, res: Resources, judgment_id: int) -> JudgmentSummary:
         timings["backend_s"] = time.perf_counter() - t
         t = time.perf_counter()
         with session_scope(res.engine) as session:
-            ids = [_image_id(session, img) for img in (image_a, image_b)]
+            # rows locked in content order, so two judgments of (A, B) and (B, A) cannot deadlock
+            by_hash = {img.sha256: _image_id(session, img) for img in sorted((image_a, image_b), key=_sha)}
+            ids = [by_hash[image_a.sha256], by_hash[image_b.sha256]]
             first = verdict.first
             usage: dict[str, int] = {}
             for part in (verdict.first, verdict.second):
@@ -189,6 +202,8 @@ def run_judgment(*, res: Resources, judgment_id: int) -> JudgmentSummary:
         )
     except TransientError:
         raise
+    except OperationalError as exc:  # connection lost, deadlock: the whole attempt is safe to retry
+        raise DatabaseUnavailable(f"database error, will retry: {exc.orig or exc}") from exc
     except Exception as exc:
         log.exception("judgment %s failed", judgment_id)
         _close(res, judgment_id, JudgmentStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}")
@@ -211,6 +226,10 @@ def _close(res: Resources, judgment_id: int, status: JudgmentStatus, code: str, 
 def _user_by_ref(session, tenant_id: int, external_id: str) -> int | None:  # type: ignore[no-untyped-def]
     user = find_user(session=session, tenant_id=tenant_id, external_id=external_id)
     return user.id if user else None
+
+
+def _sha(img: NormalizedImage) -> str:
+    return img.sha256
 
 
 def _image_id(session, img: NormalizedImage) -> int:  # type: ignore[no-untyped-def]

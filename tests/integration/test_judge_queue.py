@@ -85,8 +85,8 @@ def test_chunked_bulk_form_judges_every_row(stack) -> None:  # type: ignore[no-u
     ]
     ids = submit_judgments(specs, chunk_size=5)
     counts = wait_for_judgments(get_resources().engine, ids, progress=False, timeout_s=120)
-    assert counts == {"done": len(specs)}
     rows = {r.id: r for r in judgment_rows(lambda r: r.id in ids)}
+    assert counts == {"done": len(specs)}, [(r.status, r.error) for r in rows.values() if r.status != "done"]
     for jid, spec in zip(ids, specs, strict=True):
         warmer_is_a = uris.index(spec.image_a) > uris.index(spec.image_b)
         assert rows[jid].winner == ("A" if warmer_is_a else "B")
