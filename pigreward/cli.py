@@ -10,6 +10,9 @@ from pathlib import Path
 import click
 
 from pigreward.settings import get_settings
+from workers.backends import available_backends
+
+BACKENDS = available_backends()
 
 
 @click.group()
@@ -23,7 +26,9 @@ def main() -> None:
 @click.option("--images", default=200, show_default=True, help="Synthetic images in the pool.")
 @click.option("--tests-per-user", default=10, show_default=True, help="Held-out test pairs per user.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic set.")
-@click.option("--backend", default=None, help="Judge backend (default: settings).")
+@click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None, help="Judge backend (default: settings)."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars on stderr.")
 def demo(
     users: int, images: int, tests_per_user: int, seed: int, backend: str | None, no_progress: bool
@@ -43,6 +48,54 @@ def demo(
     )
     click.echo(report.render())
     click.echo(f"results kept in {settings.resolved_database_url}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--users", default=20, show_default=True, help="Simulated users (in opposite-taste pairs).")
+@click.option("--images", default=200, show_default=True, help="Synthetic images in the pool.")
+@click.option("--min-refs", default=5, show_default=True, help="Fewest reference pairs per user.")
+@click.option("--max-refs", default=15, show_default=True, help="Most reference pairs per user.")
+@click.option("--tests-per-user", default=10, show_default=True, help="Held-out test pairs per user.")
+@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+def synth(
+    out_dir: Path,
+    users: int,
+    images: int,
+    min_refs: int,
+    max_refs: int,
+    tests_per_user: int,
+    size: int,
+    seed: int,
+    no_progress: bool,
+) -> None:
+    """Generate a synthetic set: drawn images and simulated users with hidden tastes (manifest.json)."""
+    from pigreward import synthetic
+    from pigreward.progress import bar
+
+    try:
+        with bar(images, "drawing images", not no_progress, unit="image") as pbar:
+            data = synthetic.generate(
+                out_dir,
+                users=users,
+                images=images,
+                min_refs=min_refs,
+                max_refs=max_refs,
+                tests_per_user=tests_per_user,
+                seed=seed,
+                image_size=size,
+                progress=pbar.update,
+            )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    refs = sum(len(u.references) for u in data.users)
+    tests = sum(len(u.tests) for u in data.users)
+    click.echo(
+        f"{len(data.images)} images, {len(data.users)} users, {refs} reference pairs, {tests} test pairs "
+        f"-> {out_dir / synthetic.MANIFEST}"
+    )
 
 
 @main.command()
@@ -131,7 +184,9 @@ def refs_add(user: str, prompt: str, chosen: str, rejected: str) -> None:
 @main.command()
 @click.option("--user", required=True, help="The end user's external id.")
 @click.option("--prompt", required=True, help="The prompt both images were generated for.")
-@click.option("--backend", default=None, help="Judge backend (default: settings).")
+@click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None, help="Judge backend (default: settings)."
+)
 @click.option("--swap/--no-swap", default=False, help="Judge both orders (position-bias control).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored judgment as JSON.")
 @click.argument("image_a")

@@ -68,7 +68,7 @@ class DemoReport:
         gain = 100 * (self.overall(self.methods[0]) - self.overall(self.methods[-1]))
         lines += [
             "",
-            f"judgments: {status} (batch {self.batch_id}); accuracy counts ties and invalid as wrong",
+            f"judgments: {status}; accuracy counts ties and invalid as wrong",
             f"{self.methods[0]} vs {self.methods[-1]}: {gain:+.1f} points; finished in {self.seconds:.1f}s",
         ]
         return "\n".join(lines)

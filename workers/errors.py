@@ -9,6 +9,7 @@
     │   ├── UnknownUser
     │   ├── NoReferences        a user without reference pairs has no context to judge with
     │   ├── InvalidRequest      empty prompt, same image as A and B, ...
+    │   ├── UnknownBackend      a backend name this worker does not have
     │   └── BackendRejected     the backend refused the request itself (4xx other than 429)
     └── TransientError          worth retrying with backoff (Celery `autoretry_for` names this branch)
         ├── StoreUnavailable    S3 / disk connection problems, throttling
@@ -59,6 +60,10 @@ class NoReferences(PermanentError):
 
 class InvalidRequest(PermanentError):
     code = "invalid_request"
+
+
+class UnknownBackend(PermanentError):
+    code = "unknown_backend"
 
 
 class BackendRejected(PermanentError):

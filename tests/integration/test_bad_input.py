@@ -32,6 +32,7 @@ EXPECTED = {
     "no_references": ("rejected", "no_references", "no reference pairs"),
     "empty_prompt": ("rejected", "invalid_request", "prompt is empty"),
     "same_image": ("rejected", "invalid_request", "same image"),
+    "unknown_backend": ("rejected", "unknown_backend", "unknown backend 'no-such-model'"),
     "good": ("done", None, ""),
 }
 
@@ -76,6 +77,7 @@ def outcomes(stack):  # type: ignore[no-untyped-def]
         "no_references": ("no-refs-user", "p", good_a, good_b),
         "empty_prompt": (user, "   ", good_a, good_b),
         "same_image": (user, "p", good_a, stack.put("bad/good-a-copy.png", png_bytes_of(stack, good_a))),
+        "unknown_backend": (user, "p", good_a, good_b, {"backend": "no-such-model"}),
         "good": (user, "a sunny beach", good_a, "file://inside.png"),
     }
     results = {case: judge.delay(*args) for case, args in cases.items()}

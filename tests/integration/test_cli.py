@@ -156,3 +156,14 @@ def test_db_upgrade_and_worker_refusal_on_the_embedded_broker(tmp_path: Path) ->
     worker = run_cli(tmp_path, "worker", check=False)
     assert worker.returncode != 0
     assert "memory://" in worker.stderr and "PIGREWARD_BROKER_URL" in worker.stderr
+
+
+def test_synth_writes_a_set_and_refuses_impossible_settings(tmp_path: Path) -> None:
+    out = run_cli(tmp_path, "synth", str(tmp_path / "set"), "--users", "4", "--images", "40", "--no-progress")
+    assert "40 images, 4 users" in out.stdout
+    from pigreward import synthetic
+
+    data = synthetic.load(tmp_path / "set")
+    assert len(data.users) == 4 and len(list((tmp_path / "set" / "images").glob("*.png"))) == 40
+    bad = run_cli(tmp_path, "synth", str(tmp_path / "bad"), "--min-refs", "9", "--max-refs", "3", check=False)
+    assert bad.returncode == 2 and "Invalid value" in bad.stderr

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from workers.backends.base import Backend
 from workers.backends.lite import LiteBackend
+from workers.errors import UnknownBackend
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {"lite": LiteBackend}
 
@@ -19,7 +20,9 @@ def create_backend(name: str) -> Backend:
     try:
         factory = _FACTORIES[name]
     except KeyError:
-        raise ValueError(f"unknown backend {name!r}; available: {', '.join(available_backends())}") from None
+        raise UnknownBackend(
+            f"unknown backend {name!r}; available: {', '.join(available_backends())}"
+        ) from None
     return factory()
 
 
