@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from models.tables import ContextStatus, UserContext
 from models.upsert import insert_ignore
@@ -65,12 +65,3 @@ def save_context(
     insert_ignore(session, UserContext, [row], _VERSION_COLUMNS)
     stmt = select(UserContext).where(*[getattr(UserContext, c) == row[c] for c in _VERSION_COLUMNS])
     return session.exec(stmt).one()
-
-
-def latest_context(*, session: Session, user_id: int) -> UserContext | None:
-    stmt = (
-        select(UserContext)
-        .where(UserContext.user_id == user_id, UserContext.status == ContextStatus.ready)
-        .order_by(col(UserContext.id).desc())
-    )
-    return session.exec(stmt).first()

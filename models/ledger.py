@@ -8,6 +8,7 @@ dimension rows is written in one transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,8 +27,6 @@ from models.users import ensure_tenant, find_user
 
 RETRYABLE_ON_RESEND = (JudgmentStatus.rejected, JudgmentStatus.failed)
 """A re-send puts these back in the queue (the input may have been fixed); verdicts stay."""
-
-FINISHED = (JudgmentStatus.done, JudgmentStatus.invalid)
 
 
 class JudgmentSpec(BaseModel):
@@ -87,7 +86,8 @@ class VerdictRecord(BaseModel):
 def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list[int]:
     """Write (or find) the ledger rows for `specs`, in order; returns their ids.
 
-    Rows already rejected/failed are put back to `queued` so that a re-send retries them.
+    Rows already rejected/failed are put back to `queued` (attempts reset) so that a re-send retries
+    them. The same spec twice gives the same id twice.
     """
     tenant_ids: dict[str, int] = {}
     users: dict[tuple[int, str], int | None] = {}
@@ -123,39 +123,87 @@ def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list
                 "created_at": utcnow(),
             }
         )
-    for start in range(0, len(rows), 500):
-        insert_ignore(session, Judgment, rows[start : start + 500], ["key"])
+    # distinct keys in sorted order: overlapping concurrent submits lock rows in the same order
+    unique = sorted({row["key"]: row for row in rows}.values(), key=lambda row: row["key"])
+    for start in range(0, len(unique), 500):
+        insert_ignore(session, Judgment, unique[start : start + 500], ["key"])
     ids: dict[str, int] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
+    distinct = sorted(set(keys))
+    for start in range(0, len(distinct), 500):
+        chunk = distinct[start : start + 500]
         for jid, key in session.exec(select(Judgment.id, Judgment.key).where(col(Judgment.key).in_(chunk))):
             ids[key] = jid  # type: ignore[assignment]
         session.execute(
             sa.update(Judgment)
             .where(col(Judgment.key).in_(chunk), col(Judgment.status).in_(RETRYABLE_ON_RESEND))
-            .values(status=JudgmentStatus.queued, error=None, error_code=None)
+            .values(status=JudgmentStatus.queued, error=None, error_code=None, attempts=0, claim_token=None)
         )
     return [ids[k] for k in keys]
 
 
-def start_judgment(*, session: Session, judgment_id: int) -> Judgment | None:
-    """Mark a judgment running (one more attempt); None if it is finished or unknown (skip it)."""
-    row = session.get(Judgment, judgment_id, with_for_update=_locks(session))
-    if row is None or row.status in FINISHED:
-        return None
-    row.status = JudgmentStatus.running
-    row.attempts += 1
-    row.started_at = utcnow()
-    session.add(row)
-    session.flush()
+class ClaimLost(Exception):
+    """The row was taken over (lease expired) or finished by someone else: drop this result."""
+
+
+def claim_judgment(
+    *, session: Session, judgment_id: int, token: str, lease_s: float, max_attempts: int
+) -> Judgment | None:
+    """Take a judgment to run it; None if it is finished, unknown, or held by a live claim.
+
+    A row is claimable when it is `queued`, or `running` under the same token (a redelivered or
+    retried message keeps its Celery task id) or under a claim older than `lease_s` (its worker
+    died). Two different messages for one row can therefore never run it at the same time. A row
+    claimed `max_attempts` times without finishing is failed: a crash loop must end.
+    """
+    now = utcnow()
+    claimable = sa.or_(
+        col(Judgment.status) == JudgmentStatus.queued,
+        sa.and_(
+            col(Judgment.status) == JudgmentStatus.running,
+            sa.or_(
+                col(Judgment.claim_token) == token,
+                col(Judgment.started_at).is_(None),
+                col(Judgment.started_at) < now - timedelta(seconds=lease_s),
+            ),
+        ),
+    )
+    base = sa.update(Judgment).where(col(Judgment.id) == judgment_id, claimable)
+    taken = session.execute(
+        base.where(col(Judgment.attempts) < max_attempts).values(
+            status=JudgmentStatus.running, attempts=Judgment.attempts + 1, started_at=now, claim_token=token
+        )
+    )
+    if taken.rowcount == 1:  # type: ignore[attr-defined]
+        return session.get(Judgment, judgment_id, populate_existing=True)
+    session.execute(
+        base.where(col(Judgment.attempts) >= max_attempts).values(
+            status=JudgmentStatus.failed,
+            error_code="attempts_exhausted",
+            error=f"started {max_attempts} times without finishing (worker crashes or time limits?)",
+            finished_at=now,
+            claim_token=None,
+        )
+    )
+    return None
+
+
+def _held(session: Session, judgment_id: int, token: str | None) -> Judgment:
+    row = session.get(Judgment, judgment_id, with_for_update=_locks(session), populate_existing=True)
+    if row is None:
+        raise LookupError(f"judgment {judgment_id} does not exist")
+    if token is not None and (row.status != JudgmentStatus.running or row.claim_token != token):
+        raise ClaimLost(f"judgment {judgment_id} is {row.status} under another claim")
     return row
 
 
-def finish_judgment(*, session: Session, judgment_id: int, verdict: VerdictRecord) -> None:
-    """Store a verdict and its dimension rows together (call inside one transaction)."""
-    row = session.get(Judgment, judgment_id)
-    if row is None:
-        raise LookupError(f"judgment {judgment_id} does not exist")
+def finish_judgment(
+    *, session: Session, judgment_id: int, verdict: VerdictRecord, token: str | None = None
+) -> None:
+    """Store a verdict and its dimension rows together (call inside one transaction).
+
+    With a `token`, only the holder of the claim may write (`ClaimLost` otherwise).
+    """
+    row = _held(session, judgment_id, token)
     for field in (
         "status",
         "winner",
@@ -177,6 +225,7 @@ def finish_judgment(*, session: Session, judgment_id: int, verdict: VerdictRecor
         setattr(row, field, getattr(verdict, field))
     row.error = None
     row.error_code = None
+    row.claim_token = None
     row.finished_at = utcnow()
     session.add(row)
     session.execute(sa.delete(DimensionScore).where(col(DimensionScore.judgment_id) == judgment_id))
@@ -195,18 +244,70 @@ def finish_judgment(*, session: Session, judgment_id: int, verdict: VerdictRecor
 
 
 def close_with_error(
-    *, session: Session, judgment_id: int, status: JudgmentStatus, code: str, message: str
-) -> None:
-    """Record a rejection (bad input) or failure (retries exhausted, internal error) on the row."""
-    row = session.get(Judgment, judgment_id)
-    if row is None:
-        return
+    *,
+    session: Session,
+    judgment_id: int,
+    status: JudgmentStatus,
+    code: str,
+    message: str,
+    token: str | None = None,
+) -> bool:
+    """Record a rejection (bad input) or failure on the row; False if another claim holds it."""
+    try:
+        row = _held(session, judgment_id, token)
+    except (LookupError, ClaimLost):
+        return False
     row.status = status
     row.error_code = code
     row.error = message
+    row.claim_token = None
     row.finished_at = utcnow()
     session.add(row)
     session.flush()
+    return True
+
+
+def release_judgment(*, session: Session, judgment_id: int, token: str) -> bool:
+    """Give a claimed row back to `queued` (it will be re-sent, e.g. after a transient error)."""
+    result = session.execute(
+        sa.update(Judgment)
+        .where(
+            col(Judgment.id) == judgment_id,
+            col(Judgment.status) == JudgmentStatus.running,
+            col(Judgment.claim_token) == token,
+        )
+        .values(status=JudgmentStatus.queued, claim_token=None)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def stale_judgments(
+    *, session: Session, queued_for_s: float, lease_s: float, limit: int = 10_000
+) -> list[int]:
+    """Rows whose message may be lost: queued longer than `queued_for_s`, or running past the lease."""
+    now = utcnow()
+    stmt = (
+        select(Judgment.id)
+        .where(
+            sa.or_(
+                sa.and_(
+                    col(Judgment.status) == JudgmentStatus.queued,
+                    col(Judgment.created_at) < now - timedelta(seconds=queued_for_s),
+                    sa.or_(
+                        col(Judgment.started_at).is_(None),
+                        col(Judgment.started_at) < now - timedelta(seconds=queued_for_s),
+                    ),
+                ),
+                sa.and_(
+                    col(Judgment.status) == JudgmentStatus.running,
+                    col(Judgment.started_at) < now - timedelta(seconds=lease_s),
+                ),
+            )
+        )
+        .order_by(col(Judgment.id))
+        .limit(limit)
+    )
+    return list(session.exec(stmt))  # type: ignore[arg-type]
 
 
 def get_judgment(*, session: Session, judgment_id: int) -> Judgment | None:

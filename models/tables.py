@@ -173,6 +173,7 @@ class Judgment(SQLModel, table=True):
     error_code: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_type=sa.Text)
     attempts: int = 0
+    claim_token: str | None = Field(default=None, max_length=200)  # who runs it now (Celery task id)
     timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     usage: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts()

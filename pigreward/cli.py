@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import uuid
 from pathlib import Path
 
 import click
@@ -196,9 +197,10 @@ def judge(
 ) -> None:
     """Judge one pair (local files or URIs) for USER and print the dimension table."""
     from models.db import session_scope, upgrade
-    from models.ledger import dimensions_of, get_judgment
+    from models.ledger import dimensions_of, get_judgment, release_judgment
     from tasks.judging import record, spec_from_call
     from tasks.runtime import get_resources
+    from workers.errors import TransientError
     from workers.pipeline import run_judgment
 
     settings = get_settings()
@@ -209,7 +211,13 @@ def judge(
         options["backend"] = backend
     spec = spec_from_call(user, prompt, _as_uri(image_a, res), _as_uri(image_b, res), options)
     [judgment_id] = record([spec])
-    run_judgment(res=res, judgment_id=judgment_id)
+    token = f"cli-{uuid.uuid4()}"
+    try:
+        run_judgment(res=res, judgment_id=judgment_id, token=token)
+    except TransientError as exc:
+        with session_scope(res.engine) as session:
+            release_judgment(session=session, judgment_id=judgment_id, token=token)
+        raise click.ClickException(f"judgment {judgment_id} not finished, try again later: {exc}") from exc
     with session_scope(res.engine) as session:
         row = get_judgment(session=session, judgment_id=judgment_id)
         dims = dimensions_of(session=session, judgment_id=judgment_id)

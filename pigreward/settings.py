@@ -53,13 +53,16 @@ class Settings(BaseSettings):
     pixel_budget: int = Field(
         448 * 448, description="Images are resized to at most this many pixels (Qwen2-VL: 448x448)."
     )
-    backend: str = Field("lite", description="Default judge backend (see `pigreward backends`).")
+    backend: str = Field("lite", description="Default judge backend (lite; LVLM backends to come).")
     default_tenant: str = Field("default", description="Tenant used by the CLI and tasks.judge.delay.")
     task_time_limit_s: int = Field(900, description="Hard limit of one task; the longest task we run.")
     visibility_timeout_s: int = Field(
         3600, description="Redis redelivery timeout for unacked tasks; must exceed the longest task."
     )
     max_retries: int = Field(5, description="Retries of transient errors (backoff with jitter).")
+    max_attempts: int = Field(
+        8, description="Runs of one judgment before it is failed (guards against crash loops)."
+    )
     worker_concurrency: int = Field(4, description="Threads per worker process (pigreward worker).")
 
     @computed_field  # type: ignore[prop-decorator]

@@ -2,6 +2,6 @@
 
 from tasks.app import app
 from tasks.contexts import bootstrap_context
-from tasks.judging import judge, judge_chunk, submit_judgments
+from tasks.judging import judge, judge_chunk, reconcile, submit_judgments
 
-__all__ = ["app", "bootstrap_context", "judge", "judge_chunk", "submit_judgments"]
+__all__ = ["app", "bootstrap_context", "judge", "judge_chunk", "reconcile", "submit_judgments"]

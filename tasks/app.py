@@ -16,6 +16,7 @@ ROUTES = {
     "pigreward.bootstrap_context": {"queue": "context"},
     "pigreward.judge": {"queue": "judge"},
     "pigreward.judge_chunk": {"queue": "bulk"},
+    "pigreward.reconcile": {"queue": "bulk"},
 }
 
 
@@ -45,6 +46,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "broker_connection_retry_on_startup": True,
+        "beat_schedule": {
+            "reconcile-stale-judgments": {"task": "pigreward.reconcile", "schedule": 900.0},
+        },
     }
 
 

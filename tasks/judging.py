@@ -7,19 +7,21 @@ re-sending the same arguments finds the same row (natural key) and adds nothing.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from models.db import session_scope
-from models.ledger import JudgmentSpec, record_judgments
+from models.ledger import JudgmentSpec, record_judgments, release_judgment, stale_judgments
 from pigreward.settings import get_settings
 from tasks.app import app
 from tasks.runtime import get_resources
-from workers.errors import TransientError
-from workers.pipeline import record_failure, run_judgment
+from workers.errors import PigrewardError, TransientError
+from workers.pipeline import Resources, record_failure, run_judgment
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +66,22 @@ class LedgerTask(Task):
     retry_jitter = True
 
     def apply_async(self, args=None, kwargs=None, **options):  # type: ignore[no-untyped-def,override]
-        kwargs = dict(kwargs or {})
-        if "judgment_id" not in kwargs:  # first send (retries already carry the id)
-            call = dict(zip(("user", "prompt", "image_a", "image_b", "options"), args or (), strict=False))
-            call.update(kwargs)
+        call = inspect.signature(self.run).bind(*(args or ()), **(kwargs or {})).arguments
+        if call.get("judgment_id") is None:  # first send (retries and re-sends carry the id)
             [judgment_id] = record([spec_from_call(**call)])
-            kwargs = {**call, "judgment_id": judgment_id}
-            args = ()
-        return super().apply_async(args=args, kwargs=kwargs, **options)
+            call = {**call, "judgment_id": judgment_id}
+        return super().apply_async(args=(), kwargs=call, **options)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
         """Retries exhausted (or an unexpected error): the reason goes on the ledger row."""
         judgment_id = (kwargs or {}).get("judgment_id")
         if judgment_id is not None:
-            code = getattr(exc, "code", "internal_error")
             record_failure(
                 engine=get_resources().engine,
                 judgment_id=judgment_id,
-                code=code,
+                code=exc.code if isinstance(exc, PigrewardError) else "internal_error",
                 message=f"{type(exc).__name__}: {exc}",
+                token=task_id,
             )
 
 
@@ -106,25 +105,65 @@ def judge(
     """Judge which of two images the user prefers; returns the ledger summary."""
     if judgment_id is None:  # sent without our apply_async (e.g. send_task): record it here
         [judgment_id] = record([spec_from_call(user, prompt, image_a, image_b, options, tenant, batch_id)])  # type: ignore[arg-type]
-    return run_judgment(res=get_resources(), judgment_id=judgment_id).model_dump()
+    return run_judgment(res=get_resources(), judgment_id=judgment_id, token=self.request.id).model_dump()
 
 
 @app.task(bind=True, name="pigreward.judge_chunk", max_retries=0)
 def judge_chunk(self: Task, judgment_ids: list[int]) -> dict[str, int]:
-    """The bulk form: many ledger rows in one message. Transient failures go back as single judge tasks."""
+    """The bulk form: many ledger rows in one message.
+
+    One bad row never stops the chunk: permanent errors are recorded by the pipeline; a row that hits
+    a transient error (or the soft time limit) is released and re-sent as its own `judge` task.
+    """
     res = get_resources()
     counts: dict[str, int] = {}
-    for judgment_id in judgment_ids:
+    pending = list(judgment_ids)
+    while pending:
+        judgment_id = pending.pop(0)
+        token = f"{self.request.id}:{judgment_id}"
         try:
-            status = run_judgment(res=res, judgment_id=judgment_id).status
-        except TransientError as exc:
-            log.warning("judgment %s: %s; re-queued on its own", judgment_id, exc)
-            judge.apply_async(kwargs={"judgment_id": judgment_id}, countdown=2)
+            status = run_judgment(res=res, judgment_id=judgment_id, token=token).status
+        except (TransientError, SoftTimeLimitExceeded) as exc:
+            log.warning("judgment %s: %s; re-sent on its own", judgment_id, exc)
+            _resend(res, [judgment_id], token)
+            if isinstance(exc, SoftTimeLimitExceeded):
+                _resend(res, pending, None)
+                counts["requeued"] = counts.get("requeued", 0) + 1 + len(pending)
+                break
             status = "requeued"
         except Exception:  # recorded as failed by the pipeline; the rest of the chunk goes on
             status = "failed"
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def _resend(res: Resources, judgment_ids: Sequence[int], token: str | None) -> None:
+    for judgment_id in judgment_ids:
+        if token is not None:
+            with session_scope(res.engine) as session:
+                release_judgment(session=session, judgment_id=judgment_id, token=token)
+        judge.apply_async(kwargs={"judgment_id": judgment_id}, countdown=2)
+
+
+@app.task(bind=True, name="pigreward.reconcile", max_retries=0)
+def reconcile(self: Task, queued_for_s: float | None = None) -> dict[str, int]:
+    """Re-send judgments whose message may be lost (queued too long, or running past the lease).
+
+    Duplicates are harmless: a claim lets only one message run a row. Scheduled by beat.
+    """
+    settings = get_settings()
+    res = get_resources()
+    with session_scope(res.engine) as session:
+        ids = stale_judgments(
+            session=session,
+            queued_for_s=settings.visibility_timeout_s if queued_for_s is None else queued_for_s,
+            lease_s=res.lease_s,
+        )
+    for judgment_id in ids:
+        judge.apply_async(kwargs={"judgment_id": judgment_id})
+    if ids:
+        log.warning("reconcile: re-sent %d stale judgments", len(ids))
+    return {"resent": len(ids)}
 
 
 def submit_judgments(
@@ -136,12 +175,13 @@ def submit_judgments(
     unless `queue` says otherwise).
     """
     ids = record(specs)
+    distinct = list(dict.fromkeys(ids))  # the same spec twice is one judgment, one message
     if chunk_size <= 1:
-        for judgment_id in ids:
+        for judgment_id in distinct:
             judge.apply_async(kwargs={"judgment_id": judgment_id}, **({"queue": queue} if queue else {}))
     else:
-        for start in range(0, len(ids), chunk_size):
+        for start in range(0, len(distinct), chunk_size):
             judge_chunk.apply_async(
-                args=(ids[start : start + chunk_size],), **({"queue": queue} if queue else {})
+                args=(distinct[start : start + chunk_size],), **({"queue": queue} if queue else {})
             )
     return ids

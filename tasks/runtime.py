@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 
+from celery.signals import worker_process_init
+
 from models.db import make_engine
 from pigreward.settings import Settings, get_settings
 from workers.backends import Backend, create_backend
@@ -48,6 +50,8 @@ def build_resources(settings: Settings) -> Resources:
         engine=make_engine(settings.resolved_database_url),
         loader=ImageLoader(store, limits),
         backend_for=backend_for,
+        lease_s=settings.visibility_timeout_s,
+        max_attempts=settings.max_attempts,
     )
 
 
@@ -59,12 +63,18 @@ def get_resources() -> Resources:
         return _resources
 
 
-def reset_resources() -> None:
-    """Drop everything (tests and CLI commands that change settings)."""
+@worker_process_init.connect
+def _fresh_after_fork(**_: object) -> None:
+    """A forked pool child must not share the parent's database sockets."""
+    reset_resources(close=False)
+
+
+def reset_resources(close: bool = True) -> None:
+    """Drop everything (tests and CLI commands that change settings; forked children)."""
     global _resources
     with _lock:
         if _resources is not None:
-            _resources.engine.dispose()
+            _resources.engine.dispose(close=close)
         _resources = None
         for backend in _backends.values():
             backend.close()

@@ -19,6 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from workers.errors import ImageTooLarge, ImageUnreadable, InvalidRequest
 from workers.store import ImageStore
 
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+"""Formats decoded at all: no EPS/PS (Ghostscript), PDF or exotic decoders on untrusted bytes."""
+
 
 @dataclass(frozen=True)
 class ImageLimits:
@@ -45,9 +48,11 @@ def normalize(data: bytes, uri: str, limits: ImageLimits) -> NormalizedImage:
     if not data:
         raise ImageUnreadable(f"{uri!r} is empty (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as exc:
-        raise ImageUnreadable(f"{uri!r} is not an image in a known format") from exc
+        raise ImageUnreadable(
+            f"{uri!r} is not an image in a known format (accepted: {', '.join(FORMATS)})"
+        ) from exc
     except Image.DecompressionBombError as exc:  # Pillow's own guard, at twice its pixel limit
         raise ImageTooLarge(f"{uri!r} is a likely decompression bomb: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:

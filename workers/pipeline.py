@@ -2,32 +2,37 @@
 
 Tasks, the CLI, tests and benchmarks call these functions with the pieces a worker process holds
 (`Resources`). Bad input raises a `PermanentError` that is recorded on the row as `rejected`;
-transient errors propagate so the caller can retry; anything else is recorded as `failed` and re-raised.
+transient errors propagate so the caller can retry; anything else is recorded as `failed` and
+re-raised. A run holds a claim on its row (`claim_judgment`), so duplicate messages for the same
+judgment never run it twice at once, and a result whose claim was lost is dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
 from models.contexts import find_context, save_context
 from models.db import session_scope
 from models.images import upsert_image
 from models.ledger import (
+    ClaimLost,
     DimensionRecord,
     VerdictRecord,
+    claim_judgment,
     close_with_error,
     finish_judgment,
     get_judgment,
-    start_judgment,
 )
-from models.tables import EndUser, JudgmentStatus, UserContext
+from models.tables import EndUser, Judgment, JudgmentStatus, Tenant, UserContext
 from models.upsert import natural_key
 from models.users import find_tenant, find_user, list_references
 from workers.backends.base import Backend
@@ -40,7 +45,7 @@ from workers.errors import (
     UnknownUser,
 )
 from workers.imaging import ImageLoader, NormalizedImage
-from workers.position import judge_pair
+from workers.position import PairVerdict, judge_pair
 from workers.schemas import ContextData, ReferenceExample
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,8 @@ class Resources:
     engine: Engine
     loader: ImageLoader
     backend_for: Callable[[str], Backend]
+    lease_s: float = 3600.0  # a claim older than this is presumed dead (its worker crashed)
+    max_attempts: int = 8  # claims of one row before it is failed (crash-loop guard)
 
 
 class JudgmentSummary(BaseModel):
@@ -66,12 +73,21 @@ class JudgmentSummary(BaseModel):
     skipped: bool = False
 
 
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Connection losses and deadlocks are transient: the whole attempt is safe to retry."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"database error, will retry: {exc.orig or exc}") from exc
+
+
 def references_hash(refs: list[tuple[str, str, str]]) -> str:
     return natural_key("references", refs)
 
 
 def resolve_user(*, engine: Engine, tenant: str, user: str) -> EndUser:
-    with session_scope(engine) as session:
+    with database_errors(), session_scope(engine) as session:
         tenant_row = find_tenant(session=session, name=tenant)
         row = find_user(session=session, tenant_id=tenant_row.id, external_id=user) if tenant_row else None  # type: ignore[arg-type]
     if row is None:
@@ -83,156 +99,188 @@ def resolve_user(*, engine: Engine, tenant: str, user: str) -> EndUser:
 
 def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[UserContext, ContextData]:
     """The user's context for the current references and backend version, built if missing."""
-    with session_scope(res.engine) as session:
+    version = {
+        "backend": backend.name,
+        "model_id": backend.model_id,
+        "model_revision": backend.model_revision,
+        "template_version": backend.template_version,
+    }
+    with database_errors(), session_scope(res.engine) as session:
         refs = list_references(session=session, user_id=user_id)
         if not refs:
             raise NoReferences(f"user {user_id} has no reference pairs: a context needs at least one")
         ref_hash = references_hash([(r.prompt, r.chosen_uri, r.rejected_uri) for r in refs])
-        version = {
-            "backend": backend.name,
-            "model_id": backend.model_id,
-            "model_revision": backend.model_revision,
-            "template_version": backend.template_version,
-        }
         row = find_context(session=session, user_id=user_id, references_hash=ref_hash, **version)
-    if row is not None:
-        return row, ContextData(rationales=row.rationales, payload=row.payload)
-    started = time.perf_counter()
-    examples = []
-    for ref in refs:
-        try:
-            examples.append(
-                ReferenceExample(
-                    ref.prompt, res.loader.load(ref.chosen_uri), res.loader.load(ref.rejected_uri)
-                )
+    if row is None:
+        started = time.perf_counter()
+        examples = []
+        for ref in refs:
+            try:
+                chosen, rejected = res.loader.load(ref.chosen_uri), res.loader.load(ref.rejected_uri)
+            except PermanentError as exc:
+                raise type(exc)(f"reference pair {ref.id} of user {user_id}: {exc.message}") from exc
+            examples.append(ReferenceExample(ref.prompt, chosen, rejected))
+        data = backend.build_context(examples)
+        with database_errors(), session_scope(res.engine) as session:
+            # a concurrent worker may have stored this version first: theirs is kept and used
+            row = save_context(
+                session=session,
+                user_id=user_id,
+                references_hash=ref_hash,
+                reference_count=len(refs),
+                rationales=data.rationales,
+                payload=data.payload,
+                build_seconds=time.perf_counter() - started,
+                **version,
             )
-        except PermanentError as exc:
-            raise type(exc)(f"reference pair {ref.id} of user {user_id}: {exc.message}") from exc
-    data = backend.build_context(examples)
-    with session_scope(res.engine) as session:
-        row = save_context(
+    return row, ContextData(rationales=row.rationales, payload=row.payload)
+
+
+def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSummary:
+    """Run one ledger row to a terminal status under claim `token` (or raise TransientError to retry)."""
+    with database_errors(), session_scope(res.engine) as session:
+        row = claim_judgment(
             session=session,
-            user_id=user_id,
-            references_hash=ref_hash,
-            reference_count=len(refs),
-            rationales=data.rationales,
-            payload=data.payload,
-            build_seconds=time.perf_counter() - started,
-            **version,
+            judgment_id=judgment_id,
+            token=token,
+            lease_s=res.lease_s,
+            max_attempts=res.max_attempts,
         )
-    return row, data
-
-
-def run_judgment(*, res: Resources, judgment_id: int) -> JudgmentSummary:
-    """Run one ledger row to a terminal status (or raise a TransientError for a retry)."""
+        if row is None:
+            existing = get_judgment(session=session, judgment_id=judgment_id)
+            if existing is None:
+                raise LookupError(f"judgment {judgment_id} is not in the ledger")
+            return _summary(existing, skipped=True)
+        job = row.model_copy()
     try:
-        with session_scope(res.engine) as session:
-            row = start_judgment(session=session, judgment_id=judgment_id)
-            if row is None:
-                existing = get_judgment(session=session, judgment_id=judgment_id)
-                if existing is None:
-                    raise LookupError(f"judgment {judgment_id} is not in the ledger")
-                return _summary(existing, skipped=True)
-            job = row.model_copy()
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"database error, will retry: {exc.orig or exc}") from exc
-    timings: dict[str, float] = {}
-    try:
-        if not job.prompt.strip():
-            raise InvalidRequest("prompt is empty")
-        user_id = job.user_id
-        if user_id is None:  # the user may have been created after the judgment was submitted
-            with session_scope(res.engine) as session:
-                tenant_row_user = _user_by_ref(session, job.tenant_id, job.user_ref)
-            if tenant_row_user is None:
-                raise UnknownUser(f"unknown user {job.user_ref!r}: add the user and reference pairs first")
-            user_id = tenant_row_user
-        backend = res.backend_for(job.backend)
-        t = time.perf_counter()
-        context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)
-        timings["context_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        image_a, image_b = res.loader.load(job.image_a_uri), res.loader.load(job.image_b_uri)
-        timings["images_s"] = time.perf_counter() - t
-        if image_a.sha256 == image_b.sha256:
-            raise InvalidRequest(
-                "image_a and image_b are the same image (identical bytes): a preference needs two different images"
-            )
-        t = time.perf_counter()
-        verdict = judge_pair(backend, context, job.prompt, image_a, image_b, swap=job.swap)
-        timings["backend_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        with session_scope(res.engine) as session:
-            # rows locked in content order, so two judgments of (A, B) and (B, A) cannot deadlock
-            by_hash = {img.sha256: _image_id(session, img) for img in sorted((image_a, image_b), key=_sha)}
-            ids = [by_hash[image_a.sha256], by_hash[image_b.sha256]]
-            first = verdict.first
-            usage: dict[str, int] = {}
-            for part in (verdict.first, verdict.second):
-                for k, v in (part.usage if part else {}).items():
-                    usage[k] = usage.get(k, 0) + v
-            record = VerdictRecord(
-                status=JudgmentStatus.done if verdict.outcome == "valid" else JudgmentStatus.invalid,
-                winner=verdict.winner,
-                total_a=first.total_a if verdict.outcome == "valid" else None,
-                total_b=first.total_b if verdict.outcome == "valid" else None,
-                rationale=first.rationale or None,
-                raw_outputs=verdict.raw_outputs,
-                invalid_reason=verdict.invalid_reason,
-                dimensions=[
-                    DimensionRecord(name=d.name, score_a=d.score_a, score_b=d.score_b, reason=d.reason)
-                    for d in (first.dimensions if verdict.outcome == "valid" else [])
-                ],
-                context_id=context_row.id,
-                image_a_id=ids[0],
-                image_b_id=ids[1],
-                judge_model=backend.model_id,
-                model_revision=backend.model_revision,
-                template_version=backend.template_version,
-                swap=job.swap,
-                timings={**timings, "persist_s": time.perf_counter() - t},
-                usage=usage,
-            )
-            finish_judgment(session=session, judgment_id=judgment_id, verdict=record)
+        record = _judge(res, job)
+        with database_errors(), session_scope(res.engine) as session:
+            finish_judgment(session=session, judgment_id=judgment_id, verdict=record, token=token)
         return JudgmentSummary(judgment_id=judgment_id, status=record.status, winner=record.winner)
+    except ClaimLost as exc:
+        log.warning("judgment %s: result dropped, %s", judgment_id, exc)
+        with session_scope(res.engine) as session:
+            return _summary(get_judgment(session=session, judgment_id=judgment_id), skipped=True)
     except PermanentError as exc:
-        _close(res, judgment_id, JudgmentStatus.rejected, exc.code, exc.message)
+        _close(res.engine, judgment_id, JudgmentStatus.rejected, exc.code, exc.message, token)
         return JudgmentSummary(
             judgment_id=judgment_id, status=JudgmentStatus.rejected, error_code=exc.code, error=exc.message
         )
     except TransientError:
         raise
-    except OperationalError as exc:  # connection lost, deadlock: the whole attempt is safe to retry
-        raise DatabaseUnavailable(f"database error, will retry: {exc.orig or exc}") from exc
     except Exception as exc:
         log.exception("judgment %s failed", judgment_id)
-        _close(res, judgment_id, JudgmentStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}")
+        _close(
+            res.engine,
+            judgment_id,
+            JudgmentStatus.failed,
+            "internal_error",
+            f"{type(exc).__name__}: {exc}",
+            token,
+        )
         raise
 
 
-def record_failure(*, engine: Engine, judgment_id: int, code: str, message: str) -> None:
-    """Give up on a judgment (retries exhausted): the reason stays on the row."""
+def _judge(res: Resources, job: Judgment) -> VerdictRecord:
+    """The steps of one judgment, each one call; returns what the ledger stores."""
+    timings: dict[str, float] = {}
+    if not job.prompt.strip():
+        raise InvalidRequest("prompt is empty")
+    user_id = job.user_id
+    if user_id is None:  # the user may have been created after the judgment was submitted
+        with database_errors(), session_scope(res.engine) as session:
+            tenant_name = _tenant_name(session, job.tenant_id)
+        user_id = resolve_user(engine=res.engine, tenant=tenant_name, user=job.user_ref).id
+    backend = res.backend_for(job.backend)
+    t = time.perf_counter()
+    context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)  # type: ignore[arg-type]
+    timings["context_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    image_a, image_b = res.loader.load(job.image_a_uri), res.loader.load(job.image_b_uri)
+    timings["images_s"] = time.perf_counter() - t
+    if image_a.sha256 == image_b.sha256:
+        raise InvalidRequest(
+            "image_a and image_b are the same image (identical bytes): a preference needs two different images"
+        )
+    t = time.perf_counter()
+    verdict = judge_pair(backend, context, job.prompt, image_a, image_b, swap=job.swap)
+    timings["backend_s"] = time.perf_counter() - t
+    with database_errors(), session_scope(res.engine) as session:
+        # rows locked in content order, so judgments of (A, B) and (B, A) cannot deadlock
+        ids = {img.sha256: _image_id(session, img) for img in sorted((image_a, image_b), key=_sha)}
+    return _verdict_record(
+        verdict,
+        backend,
+        context_id=context_row.id,  # type: ignore[arg-type]
+        image_ids=(ids[image_a.sha256], ids[image_b.sha256]),
+        swap=job.swap,
+        timings=timings,
+    )
+
+
+def _verdict_record(
+    verdict: PairVerdict,
+    backend: Backend,
+    *,
+    context_id: int,
+    image_ids: tuple[int, int],
+    swap: bool,
+    timings: dict[str, float],
+) -> VerdictRecord:
+    valid = verdict.outcome == "valid"
+    first = verdict.first
+    usage: dict[str, int] = {}
+    for part in (verdict.first, verdict.second):
+        for k, v in (part.usage if part else {}).items():
+            usage[k] = usage.get(k, 0) + v
+    return VerdictRecord(
+        status=JudgmentStatus.done if valid else JudgmentStatus.invalid,
+        winner=verdict.winner,
+        total_a=first.total_a if valid else None,
+        total_b=first.total_b if valid else None,
+        rationale=first.rationale or None,
+        raw_outputs=verdict.raw_outputs,
+        invalid_reason=verdict.invalid_reason,
+        dimensions=[
+            DimensionRecord(name=d.name, score_a=d.score_a, score_b=d.score_b, reason=d.reason)
+            for d in (first.dimensions if valid else [])
+        ],
+        context_id=context_id,
+        image_a_id=image_ids[0],
+        image_b_id=image_ids[1],
+        judge_model=backend.model_id,
+        model_revision=backend.model_revision,
+        template_version=backend.template_version,
+        swap=swap,
+        timings=timings,
+        usage=usage,
+    )
+
+
+def record_failure(*, engine: Engine, judgment_id: int, code: str, message: str, token: str | None) -> bool:
+    """Give up on a judgment (retries exhausted): the reason stays on the row, if we still hold it."""
+    return _close(engine, judgment_id, JudgmentStatus.failed, code, message, token)
+
+
+def _close(
+    engine: Engine, judgment_id: int, status: JudgmentStatus, code: str, message: str, token: str | None
+) -> bool:
     with session_scope(engine) as session:
-        close_with_error(
-            session=session, judgment_id=judgment_id, status=JudgmentStatus.failed, code=code, message=message
+        return close_with_error(
+            session=session, judgment_id=judgment_id, status=status, code=code, message=message, token=token
         )
 
 
-def _close(res: Resources, judgment_id: int, status: JudgmentStatus, code: str, message: str) -> None:
-    with session_scope(res.engine) as session:
-        close_with_error(session=session, judgment_id=judgment_id, status=status, code=code, message=message)
-
-
-def _user_by_ref(session, tenant_id: int, external_id: str) -> int | None:  # type: ignore[no-untyped-def]
-    user = find_user(session=session, tenant_id=tenant_id, external_id=external_id)
-    return user.id if user else None
+def _tenant_name(session: Session, tenant_id: int) -> str:
+    tenant = session.get(Tenant, tenant_id)
+    return tenant.name if tenant else str(tenant_id)
 
 
 def _sha(img: NormalizedImage) -> str:
     return img.sha256
 
 
-def _image_id(session, img: NormalizedImage) -> int:  # type: ignore[no-untyped-def]
+def _image_id(session: Session, img: NormalizedImage) -> int:
     return upsert_image(
         session=session,
         sha256=img.sha256,
@@ -244,9 +292,11 @@ def _image_id(session, img: NormalizedImage) -> int:  # type: ignore[no-untyped-
     )
 
 
-def _summary(row, skipped: bool = False) -> JudgmentSummary:  # type: ignore[no-untyped-def]
+def _summary(row: Judgment | None, skipped: bool = False) -> JudgmentSummary:
+    if row is None:
+        raise LookupError("judgment vanished from the ledger")
     return JudgmentSummary(
-        judgment_id=row.id,
+        judgment_id=row.id,  # type: ignore[arg-type]
         status=row.status,
         winner=row.winner,
         error_code=row.error_code,

@@ -8,6 +8,8 @@ make a worker fetch arbitrary URLs or files.
 from __future__ import annotations
 
 import errno
+import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,9 @@ from workers.errors import (
 )
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
-_FORBIDDEN_CODES = {"AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+_FORBIDDEN_CODES = {"AccessDenied", "403", "AllAccessDisabled"}
+# Credentials problems are the operator's to fix (rotation, clock skew), not the input's: retried.
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "RequestTimeTooSkewed"}
 
 
 @dataclass(frozen=True)
@@ -87,20 +91,32 @@ class ImageStore:
         return f"file://{path.relative_to(self.root)}"
 
     def _read_file(self, path: Path) -> bytes:
+        """Read at most max_bytes + 1 bytes, refusing a symlink swapped in after `resolve_file`."""
         try:
-            if not path.is_file():
-                raise ImageNotFound(f"no image file at {str(path)!r}")
-            size = path.stat().st_size
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
-            if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-                raise ImageNotFound(f"no image file at {str(path)!r} ({exc.strerror})") from exc
-            raise StoreUnavailable(f"could not stat {str(path)!r}: {exc}") from exc
-        if size > self.config.max_bytes:
-            raise ImageTooLarge(f"image file is {size} bytes, over the limit of {self.config.max_bytes}")
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise StoreUnavailable(f"could not read {str(path)!r}: {exc}") from exc
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EISDIR):
+                raise ImageNotFound(f"no image file at {str(path)!r}") from exc
+            if exc.errno == errno.ELOOP:
+                raise ForbiddenLocation(f"{str(path)!r} became a symlink") from exc
+            raise StoreUnavailable(f"could not open {str(path)!r}: {exc}") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise ImageNotFound(f"no image file at {str(path)!r} (not a regular file)")
+        if info.st_size > self.config.max_bytes:
+            os.close(fd)
+            raise ImageTooLarge(
+                f"image file is {info.st_size} bytes, over the limit of {self.config.max_bytes}"
+            )
+        with os.fdopen(fd, "rb") as fh:
+            try:
+                data = fh.read(self.config.max_bytes + 1)
+            except OSError as exc:
+                raise StoreUnavailable(f"could not read {str(path)!r}: {exc}") from exc
+        if len(data) > self.config.max_bytes:  # grew after the size check
+            raise ImageTooLarge(f"image file is over the limit of {self.config.max_bytes} bytes")
+        return data
 
     @property
     def s3(self) -> Any:
@@ -146,6 +162,10 @@ class ImageStore:
                 raise ImageNotFound(f"no object at s3://{bucket}/{key} ({code})") from exc
             if code in _FORBIDDEN_CODES:
                 raise ForbiddenLocation(f"access to s3://{bucket}/{key} denied ({code})") from exc
+            if code in _CREDENTIAL_CODES:
+                raise StoreUnavailable(
+                    f"S3 credentials rejected reading s3://{bucket}/{key} ({code})"
+                ) from exc
             raise StoreUnavailable(f"S3 error reading s3://{bucket}/{key}: {code or exc}") from exc
         except BotoCoreError as exc:
             raise StoreUnavailable(f"S3 unreachable reading s3://{bucket}/{key}: {exc}") from exc

@@ -223,19 +223,93 @@ def test_resend_requeues_only_the_resent_rows(engine: Engine) -> None:
     assert row(engine, b).status == JudgmentStatus.failed
 
 
-# ------------------------------------------------------------------------------- start_judgment
+# ------------------------------------------------------------------------------- claim_judgment
+
+
+def claim(s, jid: int, token: str = "t1", lease_s: float = 3600, max_attempts: int = 8):  # type: ignore[no-untyped-def]
+    return ledger.claim_judgment(
+        session=s, judgment_id=jid, token=token, lease_s=lease_s, max_attempts=max_attempts
+    )
+
+
+def test_a_second_message_cannot_take_a_live_claim(engine: Engine) -> None:
+    [jid] = record(engine, spec())
+    with session_scope(engine) as s:
+        assert claim(s, jid, "first") is not None
+    with session_scope(engine) as s:
+        assert claim(s, jid, "second") is None  # duplicate message: skipped
+    with session_scope(engine) as s:
+        assert claim(s, jid, "first") is not None  # redelivery of the same message: runs again
+    assert row(engine, jid).claim_token == "first"
+    assert row(engine, jid).attempts == 2
+
+
+def test_an_expired_claim_is_taken_over_and_the_old_holder_cannot_write(engine: Engine) -> None:
+    [jid] = record(engine, spec())
+    with session_scope(engine) as s:
+        assert claim(s, jid, "dead-worker") is not None
+    with session_scope(engine) as s:
+        assert claim(s, jid, "new-worker", lease_s=0) is not None
+    with session_scope(engine) as s, pytest.raises(ledger.ClaimLost):
+        ledger.finish_judgment(session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)), token="dead-worker")
+    with session_scope(engine) as s:
+        assert not ledger.close_with_error(
+            session=s,
+            judgment_id=jid,
+            status=JudgmentStatus.failed,
+            code="x",
+            message="m",
+            token="dead-worker",
+        )
+    with session_scope(engine) as s:
+        ledger.finish_judgment(session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)), token="new-worker")
+    assert row(engine, jid).status == JudgmentStatus.done
+    assert row(engine, jid).claim_token is None
+
+
+def test_a_crash_loop_ends_as_failed(engine: Engine) -> None:
+    [jid] = record(engine, spec())
+    for _ in range(3):
+        with session_scope(engine) as s:
+            assert claim(s, jid, "same", max_attempts=3) is not None
+    with session_scope(engine) as s:
+        assert claim(s, jid, "same", max_attempts=3) is None
+    r = row(engine, jid)
+    assert r.status == JudgmentStatus.failed and r.error_code == "attempts_exhausted"
+
+
+def test_release_puts_the_row_back_for_another_message(engine: Engine) -> None:
+    [jid] = record(engine, spec())
+    with session_scope(engine) as s:
+        assert claim(s, jid, "a") is not None
+    with session_scope(engine) as s:
+        assert not ledger.release_judgment(session=s, judgment_id=jid, token="b")
+        assert ledger.release_judgment(session=s, judgment_id=jid, token="a")
+    assert row(engine, jid).status == JudgmentStatus.queued
+    with session_scope(engine) as s:
+        assert claim(s, jid, "b") is not None
+
+
+def test_stale_judgments_finds_lost_messages_only(engine: Engine) -> None:
+    a, b, c = record(engine, spec(prompt="a"), spec(prompt="b"), spec(prompt="c"))
+    with session_scope(engine) as s:
+        claim(s, b, "running")
+        ledger.finish_judgment(session=s, judgment_id=c, verdict=verdict(("x", 1, 2)))
+    with session_scope(engine) as s:
+        assert ledger.stale_judgments(session=s, queued_for_s=3600, lease_s=3600) == []
+        assert sorted(ledger.stale_judgments(session=s, queued_for_s=-1, lease_s=-1)) == sorted([a, b])
 
 
 def test_start_marks_running_and_counts_attempts(engine: Engine) -> None:
     [jid] = record(engine, spec())
     with session_scope(engine) as s:
-        r = ledger.start_judgment(session=s, judgment_id=jid)
+        r = claim(s, jid)
         assert r is not None
         assert r.status == JudgmentStatus.running
         assert r.attempts == 1
         assert r.started_at is not None
     with session_scope(engine) as s:  # a redelivery of a still-running judgment runs again
-        r = ledger.start_judgment(session=s, judgment_id=jid)
+        r = claim(s, jid)
         assert r is not None and r.attempts == 2
     stored = row(engine, jid)
     assert stored.status == JudgmentStatus.running
@@ -247,7 +321,7 @@ def test_start_skips_finished(engine: Engine, status: JudgmentStatus) -> None:
     [jid] = record(engine, spec())
     set_status(engine, jid, status)
     with session_scope(engine) as s:
-        assert ledger.start_judgment(session=s, judgment_id=jid) is None
+        assert claim(s, jid) is None
     r = row(engine, jid)
     assert r.status == status
     assert r.attempts == 0
@@ -255,17 +329,17 @@ def test_start_skips_finished(engine: Engine, status: JudgmentStatus) -> None:
 
 def test_start_unknown_is_none(engine: Engine) -> None:
     with session_scope(engine) as s:
-        assert ledger.start_judgment(session=s, judgment_id=424242) is None
+        assert claim(s, 424242) is None
 
 
 def test_start_after_finish_is_none(engine: Engine) -> None:
     [jid] = record(engine, spec())
     with session_scope(engine) as s:
-        assert ledger.start_judgment(session=s, judgment_id=jid) is not None
+        assert claim(s, jid) is not None
     with session_scope(engine) as s:
         ledger.finish_judgment(session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)))
     with session_scope(engine) as s:
-        assert ledger.start_judgment(session=s, judgment_id=jid) is None
+        assert claim(s, jid) is None
     assert row(engine, jid).attempts == 1
 
 
@@ -402,7 +476,7 @@ def test_status_counts(engine: Engine) -> None:
         ledger.close_with_error(
             session=s, judgment_id=in_batch[1], status=JudgmentStatus.rejected, code="c", message="m"
         )
-        ledger.start_judgment(session=s, judgment_id=loose[0])
+        claim(s, loose[0])
         ledger.close_with_error(
             session=s, judgment_id=loose[1], status=JudgmentStatus.failed, code="c", message="m"
         )

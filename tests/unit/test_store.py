@@ -205,10 +205,10 @@ def test_empty_file_reads_as_empty_bytes(store: ImageStore, root: Path) -> None:
 def test_os_error_while_reading_is_transient(
     store: ImageStore, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def boom(self: Path) -> bytes:
+    def boom(*args: object, **kwargs: object) -> int:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(Path, "read_bytes", boom)
+    monkeypatch.setattr("workers.store.os.open", boom)
     with pytest.raises(StoreUnavailable, match="Permission denied"):
         store.read("a.png")
 
@@ -380,7 +380,8 @@ def _client_error(code: str) -> ClientError:
         ("404", ImageNotFound),
         ("AccessDenied", ForbiddenLocation),
         ("403", ForbiddenLocation),
-        ("InvalidAccessKeyId", ForbiddenLocation),
+        ("InvalidAccessKeyId", StoreUnavailable),  # credentials: the operator's to fix, retried
+        ("SignatureDoesNotMatch", StoreUnavailable),
         ("SlowDown", StoreUnavailable),
         ("InternalError", StoreUnavailable),
     ],

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 05:06:19.878211
+Create Date: 2026-11-26 05:28:09.704683
 """
 
 from collections.abc import Sequence
@@ -156,6 +156,7 @@ def upgrade() -> None:
         sa.Column("error_code", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("claim_token", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
         sa.Column("timings", sa.JSON(), nullable=False),
         sa.Column("usage", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

@@ -1,0 +1,101 @@
+"""The pipeline called directly, without Celery, on SQLite and local files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.db import make_engine, session_scope, upgrade
+from models.ledger import JudgmentSpec, get_judgment, record_judgments
+from models.tables import UserContext
+from models.users import add_reference, ensure_tenant, ensure_user
+from pigreward.synthetic import DrawParams, draw_image
+from workers.backends.lite import LiteBackend
+from workers.imaging import ImageLimits, ImageLoader
+from workers.pipeline import Resources, ensure_context, run_judgment
+from workers.store import ImageStore, StoreConfig
+
+
+class CountingLite(LiteBackend):
+    builds = 0
+
+    def build_context(self, references):  # type: ignore[no-untyped-def]
+        type(self).builds += 1
+        return super().build_context(references)
+
+
+@pytest.fixture
+def res(tmp_path: Path) -> Resources:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    upgrade(url)
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(8):
+        warmth = 0.9 if i % 2 == 0 else 0.1
+        draw_image(
+            DrawParams(
+                warmth=warmth,
+                saturation=0.6,
+                brightness=0.5,
+                clutter=0.3,
+                centering=0.5,
+                symmetry=0.5,
+                seed=i,
+            ),
+            size=96,
+        ).save(root / f"{i}.png")
+    backend = CountingLite()
+    CountingLite.builds = 0
+    return Resources(
+        engine=make_engine(url),
+        loader=ImageLoader(ImageStore(StoreConfig(image_root=root)), ImageLimits()),
+        backend_for=lambda name: backend,
+    )
+
+
+def _user(res: Resources, pairs: list[tuple[int, int]]) -> int:
+    with session_scope(res.engine) as session:
+        tenant = ensure_tenant(session=session, name="default")
+        user = ensure_user(session=session, tenant_id=tenant.id, external_id="u")  # type: ignore[arg-type]
+        for i, (c, r) in enumerate(pairs):
+            add_reference(
+                session=session,
+                user_id=user.id,
+                prompt=f"p{i}",
+                chosen_uri=f"{c}.png",
+                rejected_uri=f"{r}.png",
+            )  # type: ignore[arg-type]
+        return user.id  # type: ignore[return-value]
+
+
+def test_context_is_built_once_and_rebuilt_when_references_change(res: Resources) -> None:
+    backend = res.backend_for("lite")
+    user_id = _user(res, [(0, 1), (2, 3)])
+    first, _ = ensure_context(res=res, backend=backend, user_id=user_id)
+    again, _ = ensure_context(res=res, backend=backend, user_id=user_id)
+    assert first.id == again.id and CountingLite.builds == 1
+    _user(res, [(4, 5)])  # one more reference: a new context version
+    third, data = ensure_context(res=res, backend=backend, user_id=user_id)
+    assert third.id != first.id and third.reference_count == 3 and len(data.rationales) == 3
+    assert CountingLite.builds == 2
+    with session_scope(res.engine) as session:
+        assert session.get(UserContext, first.id) is not None  # the old version stays as history
+
+
+def test_run_judgment_directly_and_a_duplicate_claim_is_skipped(res: Resources) -> None:
+    _user(res, [(0, 1), (2, 3), (4, 5)])
+    with session_scope(res.engine) as session:
+        [jid] = record_judgments(
+            session=session,
+            specs=[
+                JudgmentSpec(tenant="default", user="u", prompt="x", image_a="file://6.png", image_b="7.png")
+            ],
+        )
+    summary = run_judgment(res=res, judgment_id=jid, token="direct")
+    assert summary.status == "done" and summary.winner == "A"  # 6 is warm, like every chosen image
+    again = run_judgment(res=res, judgment_id=jid, token="other")
+    assert again.skipped and again.status == "done"
+    with session_scope(res.engine) as session:
+        row = get_judgment(session=session, judgment_id=jid)
+    assert row.attempts == 1 and row.claim_token is None  # type: ignore[union-attr]
