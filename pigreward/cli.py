@@ -133,6 +133,21 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str) -> No
     )
 
 
+@main.command()
+@click.option("--judge", required=True, help="Judge checkpoint: a local directory or an HF-cache id.")
+@click.option("--reasoner", default=None, help="Reasoner checkpoint (default: the judge serves both).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=30000, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--max-batch", default=16, show_default=True, help="Requests batched into one generate.")
+def serve(judge: str, reasoner: str | None, host: str, port: int, device: str, max_batch: int) -> None:
+    """Serve checkpoints over an OpenAI-compatible API (a local stand-in for SGLang)."""
+    from ops.openai_server import serve as run_server
+
+    click.echo(f"serving {judge}{' and ' + reasoner if reasoner else ''} on http://{host}:{port}", err=True)
+    run_server(judge, reasoner, host=host, port=port, device=device, max_batch=max_batch)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

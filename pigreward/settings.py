@@ -53,7 +53,50 @@ class Settings(BaseSettings):
     pixel_budget: int = Field(
         448 * 448, description="Images are resized to at most this many pixels (Qwen2-VL: 448x448)."
     )
-    backend: str = Field("lite", description="Default judge backend (lite; LVLM backends to come).")
+    backend: str = Field(
+        "lite", description="Default judge backend: lite (CPU), sglang (HTTP), hf (in-process)."
+    )
+    protocol: str = Field(
+        "pigreward-v1",
+        description="LVLM protocol: pigreward-v1 (released checkpoints) or json-v1 (instruct VLMs).",
+    )
+    template_dir: Path | None = Field(
+        None, description="A folder of edited templates (<dir>/<protocol>/{judge,reasoner}.txt)."
+    )
+    swap: bool | None = Field(
+        None, description="Judge both orders by default (None: on for LVLM backends, off for lite)."
+    )
+    judge_max_tokens: int = Field(512, description="Token limit of one judge answer.")
+    reasoner_max_tokens: int = Field(256, description="Token limit of one rationale.")
+    temperature: float = Field(0.0, description="Sampling temperature (0 = greedy, repeatable).")
+    top_p: float = 1.0
+    seed: int | None = 0
+    sglang_url: str = Field(
+        "http://127.0.0.1:30000", description="Judge server (SGLang or OpenAI-compatible)."
+    )
+    sglang_judge_model: str | None = Field(None, description="Served model name; None: the first listed.")
+    sglang_judge_revision: str | None = Field(
+        None, description="Recorded revision; None: from the served path."
+    )
+    sglang_reasoner_url: str | None = Field(None, description="Reasoner server; None: the judge's.")
+    sglang_reasoner_model: str | None = None
+    sglang_reasoner_revision: str | None = None
+    sglang_api_key: SecretStr | None = None
+    sglang_max_in_flight: int = Field(64, description="Requests open at once per worker process.")
+    sglang_timeout_s: float = Field(300.0, description="Read timeout of one request.")
+    sglang_max_attempts: int = Field(4, description="Attempts per request on 429/5xx/connection errors.")
+    hf_judge_model: str = Field("jeongeunnn/pigreward", description="Local path or HF-cache id of the judge.")
+    hf_reasoner_model: str | None = Field(
+        "jeongeunnn/pigreward-bootstrap",
+        description="Local path or HF-cache id of the reasoner (None: the judge).",
+    )
+    hf_revision: str | None = None
+    hf_device: str = "auto"
+    hf_dtype: str = "auto"
+    hf_max_batch: int = Field(16, description="Judgments batched into one generate.")
+    chunk_concurrency: int = Field(
+        32, description="Judgments of one bulk chunk run at once (keeps LVLM servers busy)."
+    )
     default_tenant: str = Field("default", description="Tenant used by the CLI and tasks.judge.delay.")
     task_time_limit_s: int = Field(900, description="Hard limit of one task; the longest task we run.")
     visibility_timeout_s: int = Field(

@@ -22,7 +22,7 @@ from workers.pipeline import ensure_context, resolve_user
     max_retries=get_settings().max_retries,
 )
 def bootstrap_context(
-    self: Task, user: str, tenant: str | None = None, backend: str | None = None
+    self: Task, user: str, tenant: str | None = None, backend: str | None = None, protocol: str | None = None
 ) -> dict[str, Any]:
     """Build the user's context for the current references and backend version (idempotent)."""
     settings = get_settings()
@@ -31,7 +31,7 @@ def bootstrap_context(
         end_user = resolve_user(engine=res.engine, tenant=tenant or settings.default_tenant, user=user)
         row, data = ensure_context(
             res=res,
-            backend=res.backend_for(backend or settings.backend),
+            backend=res.backend_for(backend or settings.backend, protocol),
             user_id=end_user.id,  # type: ignore[arg-type]
         )
     except PermanentError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from celery import Task
@@ -20,6 +21,7 @@ from models.ledger import JudgmentSpec, record_judgments, release_judgment, stal
 from pigreward.settings import get_settings
 from tasks.app import app
 from tasks.runtime import get_resources
+from workers.backends import LVLM_BACKENDS
 from workers.errors import PigrewardError, TransientError
 from workers.pipeline import Resources, record_failure, run_judgment
 
@@ -39,6 +41,8 @@ def spec_from_call(
     settings = get_settings()
     opts = dict(options or {})
     backend = str(opts.pop("backend", settings.backend))
+    # both orders by default on LVLM backends (position bias); explicit, so it is part of the key
+    opts.setdefault("swap", settings.swap if settings.swap is not None else backend in LVLM_BACKENDS)
     return JudgmentSpec(
         tenant=tenant or settings.default_tenant,
         user=user,
@@ -110,30 +114,41 @@ def judge(
 
 @app.task(bind=True, name="pigreward.judge_chunk", max_retries=0)
 def judge_chunk(self: Task, judgment_ids: list[int]) -> dict[str, int]:
-    """The bulk form: many ledger rows in one message.
+    """The bulk form: many ledger rows in one message, run `chunk_concurrency` at a time.
 
-    One bad row never stops the chunk: permanent errors are recorded by the pipeline; a row that hits
-    a transient error (or the soft time limit) is released and re-sent as its own `judge` task.
+    The fan-out keeps an LVLM server busy (SGLang batches whatever is in flight). One bad row never
+    stops the chunk: permanent errors are recorded by the pipeline; a row that hits a transient error
+    is released and re-sent as its own `judge` task, and so are rows not started when the soft time
+    limit strikes.
     """
     res = get_resources()
-    counts: dict[str, int] = {}
-    pending = list(judgment_ids)
-    while pending:
-        judgment_id = pending.pop(0)
+
+    def one(judgment_id: int) -> str:
         token = f"{self.request.id}:{judgment_id}"
         try:
-            status = run_judgment(res=res, judgment_id=judgment_id, token=token).status
-        except (TransientError, SoftTimeLimitExceeded) as exc:
+            return run_judgment(res=res, judgment_id=judgment_id, token=token).status
+        except TransientError as exc:
             log.warning("judgment %s: %s; re-sent on its own", judgment_id, exc)
             _resend(res, [judgment_id], token)
-            if isinstance(exc, SoftTimeLimitExceeded):
-                _resend(res, pending, None)
-                counts["requeued"] = counts.get("requeued", 0) + 1 + len(pending)
-                break
-            status = "requeued"
+            return "requeued"
         except Exception:  # recorded as failed by the pipeline; the rest of the chunk goes on
-            status = "failed"
-        counts[status] = counts.get(status, 0) + 1
+            return "failed"
+
+    counts: dict[str, int] = {}
+    workers = max(1, min(get_settings().chunk_concurrency, len(judgment_ids)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
+    futures = {pool.submit(one, jid): jid for jid in judgment_ids}
+    try:
+        for future in as_completed(futures):
+            status = future.result()
+            counts[status] = counts.get(status, 0) + 1
+    except SoftTimeLimitExceeded:
+        not_started = [jid for f, jid in futures.items() if f.cancel()]
+        _resend(res, not_started, None)
+        counts["requeued"] = counts.get("requeued", 0) + len(not_started)
+        log.warning("chunk %s: soft time limit, %d judgments re-sent", self.request.id, len(not_started))
+    finally:
+        pool.shutdown(wait=True)
     return counts
 
 

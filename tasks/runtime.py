@@ -7,19 +7,22 @@ lazily here and reused, never at import time (so forking pools and the CLI stay 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from celery.signals import worker_process_init
 
 from models.db import make_engine
 from pigreward.settings import Settings, get_settings
-from workers.backends import Backend, create_backend
+from workers.backends import Backend, BackendConfig, create_backend
+from workers.backends.openai_http import HTTPEngineConfig
+from workers.generation import Sampling
 from workers.imaging import ImageLimits, ImageLoader
 from workers.pipeline import Resources
 from workers.store import ImageStore, StoreConfig
 
 _lock = threading.Lock()
 _resources: Resources | None = None
-_backends: dict[str, Backend] = {}
+_backends: dict[str, Backend] = {}  # by 'name/protocol'
 
 
 def store_config(settings: Settings) -> StoreConfig:
@@ -35,12 +38,49 @@ def store_config(settings: Settings) -> StoreConfig:
     )
 
 
-def backend_for(name: str) -> Backend:
-    """One instance of each backend per process."""
+def backend_config(settings: Settings) -> BackendConfig:
+    from workers.backends.hf import HFEngineConfig
+
+    sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
+    key = settings.sglang_api_key
+    return BackendConfig(
+        protocol=settings.protocol,
+        template_dir=settings.template_dir,
+        judge_sampling=Sampling(max_tokens=settings.judge_max_tokens, **sampling),
+        reasoner_sampling=Sampling(max_tokens=settings.reasoner_max_tokens, **sampling),
+        http=HTTPEngineConfig(
+            judge_url=settings.sglang_url,
+            judge_model=settings.sglang_judge_model,
+            judge_revision=settings.sglang_judge_revision,
+            reasoner_url=settings.sglang_reasoner_url,
+            reasoner_model=settings.sglang_reasoner_model,
+            reasoner_revision=settings.sglang_reasoner_revision,
+            api_key=key.get_secret_value() if key else None,
+            max_in_flight=settings.sglang_max_in_flight,
+            read_timeout_s=settings.sglang_timeout_s,
+            max_attempts=settings.sglang_max_attempts,
+        ),
+        hf=HFEngineConfig(
+            judge_model=settings.hf_judge_model,
+            reasoner_model=settings.hf_reasoner_model,
+            revision=settings.hf_revision,
+            device=settings.hf_device,
+            dtype=settings.hf_dtype,
+            max_batch=settings.hf_max_batch,
+        ),
+    )
+
+
+def backend_for(name: str, protocol: str | None = None) -> Backend:
+    """One instance of each (backend, protocol) per process, configured from settings."""
+    key = f"{name}/{protocol or ''}"
     with _lock:
-        if name not in _backends:
-            _backends[name] = create_backend(name)
-        return _backends[name]
+        if key not in _backends:
+            config = backend_config(get_settings())
+            if protocol:
+                config = replace(config, protocol=protocol)
+            _backends[key] = create_backend(name, config)
+        return _backends[key]
 
 
 def build_resources(settings: Settings) -> Resources:

@@ -57,7 +57,7 @@ class Resources:
 
     engine: Engine
     loader: ImageLoader
-    backend_for: Callable[[str], Backend]
+    backend_for: Callable[[str, str | None], Backend]  # (backend name, protocol or None)
     lease_s: float = 3600.0  # a claim older than this is presumed dead (its worker crashed)
     max_attempts: int = 8  # claims of one row before it is failed (crash-loop guard)
 
@@ -99,10 +99,11 @@ def resolve_user(*, engine: Engine, tenant: str, user: str) -> EndUser:
 
 def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[UserContext, ContextData]:
     """The user's context for the current references and backend version, built if missing."""
+    author = backend.context_identity
     version = {
         "backend": backend.name,
-        "model_id": backend.model_id,
-        "model_revision": backend.model_revision,
+        "model_id": author.model_id,
+        "model_revision": author.revision,
         "template_version": backend.template_version,
     }
     with database_errors(), session_scope(res.engine) as session:
@@ -191,7 +192,7 @@ def _judge(res: Resources, job: Judgment) -> VerdictRecord:
         with database_errors(), session_scope(res.engine) as session:
             tenant_name = _tenant_name(session, job.tenant_id)
         user_id = resolve_user(engine=res.engine, tenant=tenant_name, user=job.user_ref).id
-    backend = res.backend_for(job.backend)
+    backend = res.backend_for(job.backend, job.options.get("protocol"))
     t = time.perf_counter()
     context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)  # type: ignore[arg-type]
     timings["context_s"] = time.perf_counter() - t
@@ -241,6 +242,7 @@ def _verdict_record(
         rationale=first.rationale or None,
         raw_outputs=verdict.raw_outputs,
         invalid_reason=verdict.invalid_reason,
+        invalid_detail=verdict.invalid_detail,
         dimensions=[
             DimensionRecord(name=d.name, score_a=d.score_a, score_b=d.score_b, reason=d.reason)
             for d in (first.dimensions if valid else [])

@@ -27,6 +27,13 @@ class PairVerdict:
     second: JudgeResult | None
 
     @property
+    def invalid_detail(self) -> str | None:
+        for res in (self.first, self.second):
+            if res is not None and res.outcome != "valid":
+                return res.invalid_detail
+        return None
+
+    @property
     def raw_outputs(self) -> list[str]:
         return [self.first.raw_text] + ([self.second.raw_text] if self.second else [])
 

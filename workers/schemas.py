@@ -43,6 +43,7 @@ class JudgeResult(BaseModel):
     total_b: float | None = None
     rationale: str = ""
     raw_text: str = ""
-    invalid_reason: str | None = None
+    invalid_reason: str | None = None  # machine-readable (e.g. "repetition", "truncated")
+    invalid_detail: str | None = None  # what exactly was wrong, for a person
     timings: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, int] = Field(default_factory=dict)

@@ -50,7 +50,7 @@ def res(tmp_path: Path) -> Resources:
     return Resources(
         engine=make_engine(url),
         loader=ImageLoader(ImageStore(StoreConfig(image_root=root)), ImageLimits()),
-        backend_for=lambda name: backend,
+        backend_for=lambda name, protocol=None: backend,
     )
 
 
@@ -70,7 +70,7 @@ def _user(res: Resources, pairs: list[tuple[int, int]]) -> int:
 
 
 def test_context_is_built_once_and_rebuilt_when_references_change(res: Resources) -> None:
-    backend = res.backend_for("lite")
+    backend = res.backend_for("lite", None)
     user_id = _user(res, [(0, 1), (2, 3)])
     first, _ = ensure_context(res=res, backend=backend, user_id=user_id)
     again, _ = ensure_context(res=res, backend=backend, user_id=user_id)

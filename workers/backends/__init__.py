@@ -1,29 +1,76 @@
-"""Judge backends behind one protocol, created by name."""
+"""Judge backends behind one protocol, created by name from a `BackendConfig`.
+
+- `lite`: CPU, no weights; interpretable image statistics and a per-user Bradley-Terry model.
+- `sglang`: the LVLM protocols over HTTP to SGLang (or any OpenAI-compatible server).
+- `hf`: the LVLM protocols on in-process transformers (Qwen2-VL / Qwen2.5-VL).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workers.backends.base import Backend
 from workers.backends.lite import LiteBackend
+from workers.backends.openai_http import HTTPEngineConfig
 from workers.errors import UnknownBackend
+from workers.generation import Sampling
 
-_FACTORIES: dict[str, Callable[[], Backend]] = {"lite": LiteBackend}
+if TYPE_CHECKING:  # torch-free import of the lite path
+    from workers.backends.hf import HFEngineConfig
+
+BACKENDS = ("lite", "sglang", "hf")
+LVLM_BACKENDS = ("sglang", "hf")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Everything backends need, read from settings once by the entry point."""
+
+    protocol: str = "pigreward-v1"
+    template_dir: Path | None = None
+    judge_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512))
+    reasoner_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
+    http: HTTPEngineConfig = field(
+        default_factory=lambda: HTTPEngineConfig(judge_url="http://127.0.0.1:30000")
+    )
+    hf: HFEngineConfig | None = None
 
 
 def available_backends() -> list[str]:
-    return sorted(_FACTORIES)
+    return list(BACKENDS)
 
 
-def create_backend(name: str) -> Backend:
+def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
     """A new backend instance; one per worker process is enough (they are thread-safe)."""
-    try:
-        factory = _FACTORIES[name]
-    except KeyError:
-        raise UnknownBackend(
-            f"unknown backend {name!r}; available: {', '.join(available_backends())}"
-        ) from None
-    return factory()
+    config = config or BackendConfig()
+    if name == "lite":
+        return LiteBackend()
+    if name not in LVLM_BACKENDS:
+        raise UnknownBackend(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    from workers.backends.lvlm import LVLMBackend
+    from workers.protocols import get_protocol
+
+    if name == "sglang":
+        from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
+
+        engine = OpenAIHTTPEngine(
+            config.http
+            if isinstance(config.http, HTTPEngineConfig)
+            else HTTPEngineConfig(judge_url="http://127.0.0.1:30000")
+        )
+    else:
+        from workers.backends.hf import HFEngine, HFEngineConfig
+
+        engine = HFEngine(config.hf if isinstance(config.hf, HFEngineConfig) else HFEngineConfig())
+    return LVLMBackend(
+        name,
+        engine,
+        get_protocol(config.protocol, config.template_dir),
+        judge_sampling=config.judge_sampling,
+        reasoner_sampling=config.reasoner_sampling,
+    )
 
 
-__all__ = ["Backend", "LiteBackend", "available_backends", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendConfig", "LiteBackend", "available_backends", "create_backend"]

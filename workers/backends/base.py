@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from workers.generation import ModelIdentity
 from workers.imaging import NormalizedImage
 from workers.schemas import ContextData, JudgeResult, ReferenceExample
 
@@ -18,9 +19,14 @@ class Backend(Protocol):
     """
 
     name: str
-    model_id: str
+    model_id: str  # the judge model
     model_revision: str
     template_version: str
+
+    @property
+    def context_identity(self) -> ModelIdentity:
+        """The model whose output a context is (the reasoner for LVLMs): contexts are keyed by it."""
+        ...
 
     def build_context(self, references: Sequence[ReferenceExample]) -> ContextData:
         """C_u from the user's references (at least one). Deterministic for the same inputs."""

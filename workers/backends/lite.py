@@ -19,6 +19,7 @@ import numpy as np
 
 from workers.errors import NoReferences
 from workers.features import FEATURE_KEYS, FEATURES, extract
+from workers.generation import ModelIdentity
 from workers.imaging import NormalizedImage
 from workers.schemas import ContextData, Dimension, JudgeResult, ReferenceExample
 
@@ -48,6 +49,10 @@ class LiteBackend:
     model_id = "lite-bradley-terry"
     model_revision = "1"
     template_version = "lite-v1"
+
+    @property
+    def context_identity(self) -> ModelIdentity:
+        return ModelIdentity(self.model_id, self.model_revision)
 
     def __init__(self, max_dimensions: int = 5, min_dimensions: int = 3, cache_size: int = 4096) -> None:
         self.max_dimensions = max_dimensions

@@ -1,0 +1,46 @@
+"""JSON-schema constrained decoding with xgrammar: one grammar matcher per batch row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+
+def compiler_for(tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> Any:
+    import xgrammar as xgr
+
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids))
+    return xgr.GrammarCompiler(info)
+
+
+class JsonSchemaLogits:
+    """A transformers logits processor: rows with a schema may only produce tokens the schema allows."""
+
+    def __init__(self, compiler: Any, schemas: Sequence[dict[str, Any] | None]) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self.matchers = [
+            xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(s))) if s is not None else None
+            for s in schemas
+        ]
+        self.rows = [i for i, m in enumerate(self.matchers) if m is not None]
+        self.bitmask = xgr.allocate_token_bitmask(len(schemas), compiler.tokenizer_info.vocab_size)
+        self.started = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.started:
+            for i in self.rows:
+                m = self.matchers[i]
+                if not m.is_terminated():
+                    m.accept_token(int(input_ids[i, -1]))
+        self.started = True
+        # a terminated row has emitted its stop token; generate pads it from now on
+        active = [i for i in self.rows if not self.matchers[i].is_terminated()]
+        if not active:
+            return scores
+        for i in active:
+            self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
+        self._xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), indices=active)
+        return scores

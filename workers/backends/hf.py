@@ -1,0 +1,287 @@
+"""In-process transformers engine for Qwen2-VL and Qwen2.5-VL (the released PIGReward checkpoints).
+
+Weights come from a local path or the HF cache, offline (`local_files_only`): nothing is downloaded
+at run time. bf16 on CUDA, fp32 on CPU. Concurrent `generate` calls from many threads are gathered
+by one batcher thread per model into a single batched `generate` (left padding); requests with a JSON
+schema are constrained by xgrammar, token by token. Images are turned into Qwen-VL patches by hand
+(`qwen_vision`), so no processor class (which would need torchvision) is involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from workers.backends.qwen_vision import (
+    IMAGE_PAD,
+    VisionSpec,
+    expand_image_pads,
+    mm_token_type_ids,
+    preprocess,
+)
+from workers.errors import BackendRejected
+from workers.generation import ChatMessage, Generation, GenerationRequest, ImagePart, ModelIdentity, TextPart
+
+_SNAPSHOT_PARENT = "snapshots"
+
+
+@dataclass(frozen=True)
+class HFEngineConfig:
+    """Which checkpoints to load and how to batch. `reasoner_model` None: the judge model also reasons."""
+
+    judge_model: str = "jeongeunnn/pigreward"
+    reasoner_model: str | None = "jeongeunnn/pigreward-bootstrap"
+    revision: str | None = None  # HF cache revision (branch, tag or commit); None: the cached "main"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bfloat16 | float16 | float32
+    max_batch: int = 16
+    batch_wait_s: float = 0.01  # how long the batcher waits for more requests to fill a batch
+    attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"
+
+
+def resolve_checkpoint(name: str, revision: str | None = None) -> tuple[Path, str]:
+    """A local checkpoint dir and its revision: a path as given, or the HF cache entry (offline)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        parts = path.resolve().parts
+        if _SNAPSHOT_PARENT in parts[:-1] and parts[-2] == _SNAPSHOT_PARENT:
+            return path, parts[-1]
+        config = path / "config.json"
+        digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12] if config.is_file() else "unknown"
+        return path, f"local-{digest}"
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        local = Path(snapshot_download(name, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as exc:
+        raise BackendRejected(
+            f"model {name!r} is neither a local directory nor in the HF cache; weights are never downloaded "
+            f"at run time: fetch it once with `huggingface-cli download {name}` and point to the path"
+        ) from exc
+    return local, local.name
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    future: Future[Generation] = field(default_factory=Future)
+
+
+class _Model:
+    """One loaded checkpoint with its tokenizer, vision spec and batcher thread."""
+
+    def __init__(self, name: str, config: HFEngineConfig) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+        self.path, revision = resolve_checkpoint(name, config.revision)
+        self.identity = ModelIdentity(name, revision)
+        self.config = config
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        )
+        if config.dtype == "auto":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, config.dtype)
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+        if config.attn_implementation:
+            kwargs["attn_implementation"] = config.attn_implementation
+        self.model = AutoModelForImageTextToText.from_pretrained(self.path, **kwargs).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True, padding_side="left")
+        self.vision = VisionSpec.from_pretrained_dir(self.path)
+        cfg = self.model.config
+        self.image_token_id = int(
+            getattr(cfg, "image_token_id", None) or self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        )
+        self.video_token_id = getattr(cfg, "video_token_id", None)
+        self.vocab_size = int(cfg.get_text_config().vocab_size)
+        self.stop_ids = sorted(
+            {
+                i
+                for i in (
+                    self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                    self.tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                    self.tokenizer.eos_token_id,
+                )
+                if isinstance(i, int) and i >= 0
+            }
+        )
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        )
+        self.wants_mm_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
+        self._grammar: Any = None
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=f"hf-batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # -- batching ---------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> Future[Generation]:
+        job = _Job(request)
+        self._jobs.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            deadline = time.monotonic() + self.config.batch_wait_s
+            while len(batch) < self.config.max_batch:
+                try:
+                    nxt = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._jobs.put(None)
+                    break
+                batch.append(nxt)
+            groups: dict[Any, list[_Job]] = {}
+            for j in batch:
+                groups.setdefault(j.request.sampling, []).append(j)
+            for jobs in groups.values():
+                try:
+                    results = self.run([j.request for j in jobs])
+                except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+                    for j in jobs:
+                        j.future.set_exception(exc)
+                else:
+                    for j, res in zip(jobs, results, strict=True):
+                        j.future.set_result(res)
+
+    # -- one batched generate ---------------------------------------------------------------
+    def encode(self, request: GenerationRequest) -> tuple[list[int], list[Any]]:
+        """Token ids of one chat (image pads expanded) and its images, in order."""
+        messages, images = [], []
+        for m in request.messages:
+            content: list[dict[str, Any]] = []
+            for part in m.parts:
+                if isinstance(part, TextPart):
+                    content.append({"type": "text", "text": part.text})
+                elif isinstance(part, ImagePart):
+                    content.append({"type": "image"})
+                    images.append(part.image.image)
+            messages.append({"role": m.role, "content": content})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        pixel_grids = preprocess(images, self.vision) if images else None
+        if pixel_grids is not None:
+            text = expand_image_pads(text, pixel_grids[1], self.vision.merge_size)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids, images
+
+    def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        import torch
+
+        encoded = [self.encode(r) for r in requests]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        all_images = [img for _, imgs in encoded for img in imgs]
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention.to(self.device),
+        }
+        if all_images:
+            pixel_values, grid = preprocess(all_images, self.vision)
+            inputs["pixel_values"] = pixel_values.to(self.device, self.model.dtype)
+            inputs["image_grid_thw"] = grid.to(self.device)
+        if self.wants_mm_types:
+            inputs["mm_token_type_ids"] = mm_token_type_ids(
+                input_ids, self.image_token_id, self.video_token_id
+            ).to(self.device)
+        sampling = requests[0].sampling
+        max_new = max(r.sampling.max_tokens for r in requests)
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "eos_token_id": self.stop_ids,
+            "pad_token_id": self.pad_id,
+            "do_sample": sampling.temperature > 0,
+        }
+        if sampling.temperature > 0:
+            gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        schemas = [r.json_schema for r in requests]
+        if any(s is not None for s in schemas):
+            gen_kwargs["logits_processor"] = [self.grammar_processor(schemas)]
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **gen_kwargs)
+        new = out[:, width:].tolist()
+        results = []
+        for row, request in enumerate(requests):
+            tokens = new[row][: request.sampling.max_tokens]
+            stop_at = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
+            finished = stop_at is not None
+            kept = tokens[:stop_at] if finished else tokens
+            results.append(
+                Generation(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    finish_reason="stop" if finished else "length",
+                    model=self.identity.model_id,
+                    usage={
+                        "prompt_tokens": len(encoded[row][0]),
+                        "completion_tokens": len(kept) + (1 if finished else 0),
+                    },
+                )
+            )
+        return results
+
+    def grammar_processor(self, schemas: Sequence[dict[str, Any] | None]) -> Any:
+        from workers.backends.grammar import JsonSchemaLogits, compiler_for
+
+        if self._grammar is None:
+            self._grammar = compiler_for(self.tokenizer, self.vocab_size, self.stop_ids)
+        return JsonSchemaLogits(self._grammar, schemas)
+
+
+class HFEngine:
+    """The `hf` engine: judge and reasoner checkpoints loaded on first use, batched generation."""
+
+    def __init__(self, config: HFEngineConfig) -> None:
+        self.config = config
+        self._models: dict[str, _Model] = {}
+        self._lock = threading.Lock()
+
+    def _model(self, role: Literal["judge", "reasoner"]) -> _Model:
+        name = (
+            self.config.judge_model
+            if role == "judge"
+            else (self.config.reasoner_model or self.config.judge_model)
+        )
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = _Model(name, self.config)
+            return self._models[name]
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        futures = [self._model(r.role).submit(r) for r in requests]
+        return [f.result() for f in futures]
+
+    def identity(self, role: Literal["judge", "reasoner"]) -> ModelIdentity:
+        return self._model(role).identity
+
+    def close(self) -> None:
+        with self._lock:
+            for m in self._models.values():
+                m.stop()
+            self._models.clear()
+
+
+__all__ = ["ChatMessage", "HFEngine", "HFEngineConfig", "resolve_checkpoint"]

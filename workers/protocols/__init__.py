@@ -1,0 +1,29 @@
+"""Judging protocols: how a reference pair or a judgment is asked of an LVLM, and how answers are read.
+
+- `pigreward-v1`: the released PIGReward checkpoints' text format (dimension lines, totals, verdict),
+  read by a strict parser that reports `invalid` with a reason rather than guess.
+- `json-v1`: the same information as JSON for instruction-tuned VLMs, enforced by the server's
+  `response_format` and validated with pydantic; one repair retry on an invalid answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workers.errors import InvalidRequest
+from workers.protocols.base import JsonV1, JudgeProtocol, PigrewardV1
+
+PROTOCOLS: dict[str, type[JudgeProtocol]] = {"pigreward-v1": PigrewardV1, "json-v1": JsonV1}
+
+
+def get_protocol(name: str, template_dir: Path | None = None) -> JudgeProtocol:
+    try:
+        cls = PROTOCOLS[name]
+    except KeyError:
+        raise InvalidRequest(
+            f"unknown protocol {name!r}; available: {', '.join(sorted(PROTOCOLS))}"
+        ) from None
+    return cls(template_dir)
+
+
+__all__ = ["PROTOCOLS", "JsonV1", "JudgeProtocol", "PigrewardV1", "get_protocol"]
