@@ -71,6 +71,7 @@ class VerdictRecord(BaseModel):
     rationale: str | None = None
     raw_outputs: list[str] = Field(default_factory=list)
     invalid_reason: str | None = None
+    invalid_detail: str | None = None  # kept in `error` for invalid outputs
     dimensions: list[DimensionRecord] = Field(default_factory=list)
     context_id: int | None = None
     image_a_id: int | None = None
@@ -223,7 +224,7 @@ def finish_judgment(
         "usage",
     ):
         setattr(row, field, getattr(verdict, field))
-    row.error = None
+    row.error = verdict.invalid_detail
     row.error_code = None
     row.claim_token = None
     row.finished_at = utcnow()

@@ -83,7 +83,15 @@ def create_app(
         data = []
         for name, role in served.items():
             ident = engine.identity(role)
-            data.append({"id": name, "object": "model", "owned_by": "pigreward", "root": ident.revision})
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "owned_by": "pigreward",
+                    "root": name,
+                    "revision": ident.revision,
+                }
+            )
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")

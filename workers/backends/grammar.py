@@ -7,26 +7,30 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def compiler_for(tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> Any:
+def compiler_for(tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> tuple[Any, int]:
+    """An xgrammar compiler for this tokenizer, and the vocabulary size its bitmasks cover."""
     import xgrammar as xgr
 
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids))
-    return xgr.GrammarCompiler(info)
+    return xgr.GrammarCompiler(info), vocab_size
 
 
 class JsonSchemaLogits:
     """A transformers logits processor: rows with a schema may only produce tokens the schema allows."""
 
-    def __init__(self, compiler: Any, schemas: Sequence[dict[str, Any] | None]) -> None:
+    def __init__(self, compiler_and_vocab: tuple[Any, int], schemas: Sequence[dict[str, Any] | None]) -> None:
         import xgrammar as xgr
 
+        compiler, vocab_size = compiler_and_vocab
         self._xgr = xgr
         self.matchers = [
-            xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(s))) if s is not None else None
+            xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(s), any_whitespace=False))
+            if s is not None
+            else None
             for s in schemas
         ]
         self.rows = [i for i, m in enumerate(self.matchers) if m is not None]
-        self.bitmask = xgr.allocate_token_bitmask(len(schemas), compiler.tokenizer_info.vocab_size)
+        self.bitmask = xgr.allocate_token_bitmask(len(schemas), vocab_size)
         self.started = False
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:

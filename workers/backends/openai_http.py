@@ -98,9 +98,9 @@ class OpenAIHTTPEngine:
         if entry is None:
             names = ", ".join(str(m.get("id")) for m in listed) or "none"
             raise BackendRejected(f"model {model!r} is not served at {url} (served: {names})")
-        if revision is None:
+        if revision is None:  # ours says it; SGLang/vLLM give the served path (an HF snapshot hash)
             found = _SNAPSHOT.search(str(entry.get("root") or entry.get("id") or ""))
-            revision = found.group(1) if found else "unknown"
+            revision = str(entry.get("revision") or (found.group(1) if found else "unknown"))
         ident = ModelIdentity(str(entry["id"]), revision)
         with self._lock:
             self._identities[role] = ident

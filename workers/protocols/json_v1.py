@@ -14,15 +14,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 
 class JsonDimension(BaseModel):
-    name: str = Field(min_length=1, max_length=60)
-    reason: str = Field(max_length=300)
+    name: str = Field(min_length=1, max_length=40)
+    reason: str = Field(max_length=200)
     score_1: int = Field(ge=1, le=5)
     score_2: int = Field(ge=1, le=5)
 
 
 class JsonJudgment(BaseModel):
-    dimensions: list[JsonDimension] = Field(min_length=1, max_length=6)
-    summary: str = Field(default="", max_length=400)
+    dimensions: list[JsonDimension] = Field(min_length=1, max_length=5)
+    summary: str = Field(default="", max_length=200)
 
 
 SCHEMA: dict[str, Any] = {
@@ -31,12 +31,12 @@ SCHEMA: dict[str, Any] = {
         "dimensions": {
             "type": "array",
             "minItems": 1,
-            "maxItems": 6,
+            "maxItems": 5,
             "items": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 60},
-                    "reason": {"type": "string", "maxLength": 300},
+                    "name": {"type": "string", "minLength": 1, "maxLength": 40},
+                    "reason": {"type": "string", "maxLength": 200},
                     "score_1": {"type": "integer", "minimum": 1, "maximum": 5},
                     "score_2": {"type": "integer", "minimum": 1, "maximum": 5},
                 },
@@ -44,7 +44,7 @@ SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
             },
         },
-        "summary": {"type": "string", "maxLength": 400},
+        "summary": {"type": "string", "maxLength": 200},
     },
     "required": ["dimensions", "summary"],
     "additionalProperties": False,
@@ -54,7 +54,7 @@ SCHEMA: dict[str, Any] = {
 def validate(text: str) -> tuple[JsonJudgment | None, str | None]:
     """The parsed answer, or None and a one-line reason."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, strict=False)  # control characters inside strings are tolerated
     except json.JSONDecodeError as exc:
         return None, f"not JSON: {exc.msg} at char {exc.pos}"
     try:

@@ -130,13 +130,14 @@ _IMAGE_PLACEHOLDER = re.compile(r"\bimage\s+(?:x|n|\?+|\#|_+)(?![a-z0-9])\s*(?:i
 # ---- verdicts --------------------------------------------------------------------------------------
 
 _LABEL = re.compile(
-    r"^(?:final\s+)?(?:verdict|answer|decision|conclusion|result|judge?ment|choice|output|summary"
+    r"^(?:the\s+)?(?:final\s+)?(?:verdict|answer|decision|conclusion|result|judge?ment|choice|output|summary"
     r"|winner|preference|preferred)\s*[:\-\u2013\u2014]\s*",
     _FLAGS,
 )
 _CONNECTOR = re.compile(
     r"^(?:(?:therefore|thus|so|hence|overall|consequently|finally|accordingly|in\s+conclusion"
-    r"|in\s+summary|to\s+conclude|in\s+total|all\s+in\s+all|as\s+a\s+result)\b\s*[,:]?\s*"
+    r"|in\s+summary|to\s+conclude|in\s+total|all\s+in\s+all|as\s+a\s+result|ultimately|on\s+balance"
+    r"|in\s+the\s+end|summing\s+up|to\s+sum\s+up|all\s+things\s+considered)\b\s*[,:]?\s*"
     r"|based\s+on\s+[^,]{1,60},\s*"
     r"|with\s+(?:a\s+|the\s+)?(?:higher|larger|greater|bigger|equal|the\s+same)\s+[^,]{1,60},\s*)",
     _FLAGS,
@@ -149,8 +150,8 @@ _WIN_HEAD = (
     r"|wins)"
 )
 _WIN_HEAD2 = (
-    r"(?:(?:the\s+)?(?:winner|better\s+image|preferred\s+image|better\s+one|preferred\s+one|winning\s+image)"
-    r"\s+is|(?:i|the\s+user|this\s+user)\s+(?:would\s+)?prefers?)\s+image\s*(?P<n2>[12])"
+    r"(?:(?:the\s+)?(?:final\s+)?(?:winner|better\s+image|preferred\s+image|better\s+one|preferred\s+one"
+    r"|winning\s+image|answer|verdict|choice)\s+is|(?:i|the\s+user|this\s+user)\s+(?:would\s+)?prefers?)\s+image\s*(?P<n2>[12])"
 )
 _TIE_HEAD = (
     r"(?P<tie>(?:(?:it'?s|it\s+is|this\s+is|that'?s)\s+)?(?:a\s+)?(?:tie|draw)"
@@ -161,6 +162,7 @@ _TIE_HEAD = (
     r"|no\s+(?:clear\s+)?winner)"
 )
 _TAIL = (
+    r"(?:\s*\([^()\n]*\))?"  # "Image 2 is better (11 vs 8)."
     r"(?:[\s,;:]+(?:overall|for\s+(?:this|the)\s+user|because|since|as|given|due\s+to|thanks\s+to"
     r"|according\s+to|based\s+on|suited|aligned|in\s+this\s+(?:comparison|case|pair)|here)\b.*)?"
 )
@@ -181,7 +183,7 @@ _BARE_IMAGE = re.compile(r"^image\s*(?P<n>[12])[\s.!]*$", _FLAGS)
 
 # Verdict phrases anywhere in a line (to catch contradictions in free text and in verdict lines).
 _LOOSE_END = (
-    r"(?=\s*(?:[.!,;:]|$)|\s+(?:than\s+image|overall|for\s+(?:this|the)\s+user|because|since|as|given"
+    r"(?=\s*(?:[.!,;:(]|$)|\s+(?:than\s+image|overall|for\s+(?:this|the)\s+user|because|since|as|given"
     r"|due\s+to|thanks\s+to|according|based|suited|aligned|but|and|so|then|here|while|whereas)\b)"
 )
 _LOOSE_WIN = re.compile(
@@ -194,6 +196,9 @@ _LOOSE_TIE = re.compile(
     r"|neither\s+(?:image\s+)?is\s+better)" + _LOOSE_END,
     _FLAGS,
 )
+
+# Chat end-of-turn tokens some servers leave at the end of the text.
+_END_TOKENS = re.compile(r"(?:\s*(?:<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|</s>))+\s*\Z")
 
 # ---- repetition ------------------------------------------------------------------------------------
 
@@ -268,7 +273,7 @@ def _find_repetition(lines: list[str]) -> str | None:
 
     # A phrase looping inside one line.
     for no, line in enumerate(lines, 1):
-        for match in _INLINE_LOOP.finditer(line):
+        for match in _INLINE_LOOP.finditer(_norm(line)):
             unit = match.group(1)
             if _TWO_LETTERS.search(unit):
                 reps = len(match.group(0)) // len(unit)
@@ -406,10 +411,10 @@ def _scan(lines: list[str]) -> _Scan:
                 scan.flag(f"line {no} has no usable dimension name before its colon: {_snip(line)!r}")
             elif s1 > MAX_SCORE or s2 > MAX_SCORE:
                 scan.flag(f"line {no} has a score above {MAX_SCORE}: {_snip(line)!r}")
-            elif scan.totals:
-                scan.flag(f"line {no} gives a dimension after the totals: {_snip(line)!r}")
             elif first_strong is not None:
                 scan.flag(f"line {no} gives a dimension after the verdict on line {first_strong}")
+            elif scan.totals:
+                scan.flag(f"line {no} gives a dimension after the totals: {_snip(line)!r}")
             else:
                 if scan.first_dim_line is None:
                     scan.first_dim_line = no
@@ -445,6 +450,7 @@ def _scan(lines: list[str]) -> _Scan:
 def parse(text: str, finish_reason: str | None = None) -> ParsedJudgment:
     """Read one judge output strictly; see the module docstring for the checks and their order."""
     text = (text or "").lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    text = _END_TOKENS.sub("", text)
 
     if not text.strip():
         return _invalid("empty", "the judge produced no text")
@@ -484,8 +490,13 @@ def parse(text: str, finish_reason: str | None = None) -> ParsedJudgment:
         return _invalid("no_dimensions", "no line has the form 'name: reason (Score 1: n, Score 2: m)'")
 
     if t1 is None or t2 is None:
-        missing = " and ".join(f"'Score {i}: ...'" for i, t in (("1", t1), ("2", t2)) if t is None)
-        return _invalid("missing_totals", f"the totals line {missing} is missing", **partial)
+        missing = [f"'Score {i}: ...'" for i, t in (("1", t1), ("2", t2)) if t is None]
+        what = (
+            f"the totals lines {missing[0]} and {missing[1]} are"
+            if len(missing) == 2
+            else f"the totals line {missing[0]} is"
+        )
+        return _invalid("missing_totals", f"{what} missing after the dimension lines", **partial)
 
     for img, totals in (("1", t1), ("2", t2)):
         dim_scores = [d.score_1 if img == "1" else d.score_2 for d in scan.dimensions]
