@@ -30,9 +30,18 @@ def main() -> None:
 @click.option(
     "--backend", type=click.Choice(BACKENDS), default=None, help="Judge backend (default: settings)."
 )
+@click.option(
+    "--protocol", type=click.Choice(["pigreward-v1", "json-v1"]), default=None, help="LVLM protocol."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars on stderr.")
 def demo(
-    users: int, images: int, tests_per_user: int, seed: int, backend: str | None, no_progress: bool
+    users: int,
+    images: int,
+    tests_per_user: int,
+    seed: int,
+    backend: str | None,
+    protocol: str | None,
+    no_progress: bool,
 ) -> None:
     """Generate a synthetic set, judge every test pair through the queue, print accuracies."""
     from pigreward.demo import run_demo
@@ -45,6 +54,7 @@ def demo(
         tests_per_user=tests_per_user,
         seed=seed,
         backend=backend or settings.backend,
+        protocol=protocol,
         progress=not no_progress,
     )
     click.echo(report.render())
@@ -148,6 +158,47 @@ def serve(judge: str, reasoner: str | None, host: str, port: int, device: str, m
     run_server(judge, reasoner, host=host, port=port, device=device, max_batch=max_batch)
 
 
+@main.command()
+@click.option(
+    "--protocol",
+    type=click.Choice(["pigreward-v1", "json-v1"]),
+    default="pigreward-v1",
+    show_default=True,
+    help="Which output format to read.",
+)
+@click.option(
+    "--finish-reason", default="stop", show_default=True, help="As the server reported it (length = cut off)."
+)
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+def parse(protocol: str, finish_reason: str, file) -> None:  # type: ignore[no-untyped-def]
+    """Parse one raw model output (FILE, or - for stdin) and print the result as JSON.
+
+    Exits 1 when the output is invalid, so scripts can check templates in bulk.
+    """
+    from workers.generation import Generation
+    from workers.protocols import get_protocol
+
+    text = file.read()
+    result = get_protocol(protocol).parse(Generation(text=text, finish_reason=finish_reason))
+    winners = {"A": "1", "B": "2", "tie": "tie", None: None}
+    out = {
+        "outcome": result.outcome,
+        "reason": result.invalid_reason,
+        "detail": result.invalid_detail,
+        "dimensions": [
+            {"name": d.name, "score_1": _num(d.score_a), "score_2": _num(d.score_b), "reason": d.reason}
+            for d in result.dimensions
+        ],
+        "totals": {"1": _num(result.total_a), "2": _num(result.total_b)}
+        if result.outcome == "valid"
+        else None,
+        "winner": winners[result.winner],
+    }
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    if result.outcome != "valid":
+        sys.exit(1)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""
@@ -203,12 +254,24 @@ def refs_add(user: str, prompt: str, chosen: str, rejected: str) -> None:
 @click.option(
     "--backend", type=click.Choice(BACKENDS), default=None, help="Judge backend (default: settings)."
 )
-@click.option("--swap/--no-swap", default=False, help="Judge both orders (position-bias control).")
+@click.option(
+    "--protocol", type=click.Choice(["pigreward-v1", "json-v1"]), default=None, help="LVLM protocol."
+)
+@click.option(
+    "--swap/--no-swap", default=None, help="Judge both orders (default: on for LVLM backends, off for lite)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stored judgment as JSON.")
 @click.argument("image_a")
 @click.argument("image_b")
 def judge(
-    user: str, prompt: str, backend: str | None, swap: bool, as_json: bool, image_a: str, image_b: str
+    user: str,
+    prompt: str,
+    backend: str | None,
+    protocol: str | None,
+    swap: bool | None,
+    as_json: bool,
+    image_a: str,
+    image_b: str,
 ) -> None:
     """Judge one pair (local files or URIs) for USER and print the dimension table."""
     from models.db import session_scope, upgrade
@@ -221,9 +284,13 @@ def judge(
     settings = get_settings()
     upgrade(settings.resolved_database_url)
     res = get_resources()
-    options: dict[str, object] = {"swap": swap}
+    options: dict[str, object] = {}
+    if swap is not None:
+        options["swap"] = swap
     if backend:
         options["backend"] = backend
+    if protocol:
+        options["protocol"] = protocol
     spec = spec_from_call(user, prompt, _as_uri(image_a, res), _as_uri(image_b, res), options)
     [judgment_id] = record([spec])
     token = f"cli-{uuid.uuid4()}"
@@ -284,6 +351,10 @@ def _as_uri(value: str, res) -> str:  # type: ignore[no-untyped-def]
         data = path.read_bytes()
         name = f"uploads/{hashlib.sha256(data).hexdigest()[:32]}{path.suffix.lower()}"
         return store.write_file(name, data)
+
+
+def _num(value: float | None) -> float | int | None:
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _redact(url: str) -> str:

@@ -8,6 +8,7 @@ and a non-personalized (one global model) baseline.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from models.db import session_scope, upgrade
-from models.ledger import JudgmentSpec, create_batch, get_judgment
+from models.ledger import create_batch, get_judgment
 from models.users import add_reference, ensure_tenant, ensure_user
 from pigreward import synthetic
 from pigreward.progress import bar, wait_for_judgments
 from pigreward.settings import Settings
 from tasks import app, bootstrap_context, submit_judgments
 from tasks.embedded import embedded_worker
+from tasks.judging import spec_from_call
 from tasks.runtime import get_resources
 from workers.backends.lite import LiteBackend
 from workers.schemas import ReferenceExample
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +86,7 @@ def run_demo(
     tests_per_user: int = 10,
     seed: int = 0,
     backend: str = "lite",
+    protocol: str | None = None,
     progress: bool = True,
 ) -> DemoReport:
     started = time.perf_counter()
@@ -116,25 +121,23 @@ def run_demo(
                 )
         batch = create_batch(session=session, tenant=tenant, name=f"demo seed={seed}", kind="demo")
         batch_id = batch.id
+    options = {"backend": backend, **({"protocol": protocol} if protocol else {})}
     specs = [
-        JudgmentSpec(
-            tenant=tenant,
-            user=u.user_id,
-            prompt=t.prompt,
-            image_a=uri(t.image_a),
-            image_b=uri(t.image_b),
-            backend=backend,
-            batch_id=batch_id,
-        )
+        spec_from_call(u.user_id, t.prompt, uri(t.image_a), uri(t.image_b), options, tenant, batch_id)
         for u in data.users
         for t in u.tests
     ]
     worker = embedded_worker(app) if settings.embedded_broker else contextlib.nullcontext()
     with worker:
-        contexts = [bootstrap_context.delay(u.user_id, tenant=tenant, backend=backend) for u in data.users]
+        contexts = [
+            bootstrap_context.delay(u.user_id, tenant=tenant, backend=backend, protocol=protocol)
+            for u in data.users
+        ]
         with bar(len(contexts), "bootstrapping contexts", progress, unit="user") as pbar:
             for result in contexts:
-                result.get(timeout=600, disable_sync_subtasks=False)
+                outcome = result.get(timeout=3600, disable_sync_subtasks=False)
+                if outcome["status"] != "ready":
+                    log.warning("context of %s: %s", outcome["user"], outcome.get("error"))
                 pbar.update(1)
         ids = submit_judgments(specs)
         statuses = wait_for_judgments(res.engine, ids, progress=progress)

@@ -13,16 +13,23 @@ import pytest
 from tests.support.services import REPO
 
 
-def run_cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")}
-    env["PIGREWARD_DATA_DIR"] = str(data_dir)
+def run_cli(
+    data_dir: Path,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")}
+    clean["PIGREWARD_DATA_DIR"] = str(data_dir)
     proc = subprocess.run(
         [sys.executable, "-m", "pigreward.cli", *args],
         cwd=REPO,
-        env=env,
+        env={**clean, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
+        input=stdin,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -167,3 +174,97 @@ def test_synth_writes_a_set_and_refuses_impossible_settings(tmp_path: Path) -> N
     assert len(data.users) == 4 and len(list((tmp_path / "set" / "images").glob("*.png"))) == 40
     bad = run_cli(tmp_path, "synth", str(tmp_path / "bad"), "--min-refs", "9", "--max-refs", "3", check=False)
     assert bad.returncode == 2 and "Invalid value" in bad.stderr
+
+
+CORPUS = REPO / "tests" / "data" / "pigreward_v1"
+
+
+def test_parse_command_prints_the_parse_as_json(tmp_path: Path) -> None:
+    import json
+
+    valid = sorted((CORPUS / "valid").glob("*.txt"))[0]
+    out = run_cli(tmp_path, "parse", "--protocol", "pigreward-v1", str(valid))
+    parsed, expected = json.loads(out.stdout), json.loads(valid.with_suffix(".json").read_text())
+    assert parsed["outcome"] == "valid" and parsed["reason"] is None
+    assert parsed["winner"] == expected["winner"]
+    assert [d["score_1"] for d in parsed["dimensions"]] == [d["score_1"] for d in expected["dimensions"]]
+    loop = next((CORPUS / "invalid").glob("repetition__*.txt"))
+    bad = run_cli(tmp_path, "parse", "-", stdin=loop.read_text(), check=False)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["reason"] == "repetition"
+    cut = run_cli(tmp_path, "parse", "--finish-reason", "length", str(valid), check=False)
+    assert json.loads(cut.stdout)["reason"] == "truncated" and json.loads(cut.stdout)["winner"] is None
+    as_json = run_cli(
+        tmp_path,
+        "parse",
+        "--protocol",
+        "json-v1",
+        "-",
+        stdin='{"dimensions": [{"name": "Warmth", "reason": "r", "score_1": 2, "score_2": 4}], "summary": ""}',
+    )
+    assert json.loads(as_json.stdout)["winner"] == "2"
+
+
+def test_demo_and_judge_with_the_hf_backend_on_a_tiny_model(tmp_path: Path) -> None:
+    from tests.support.tiny_vlm import build_tiny_vlm
+
+    model = str(build_tiny_vlm(tmp_path / "tiny", "qwen2_vl"))
+    env = {"PIGREWARD_HF_JUDGE_MODEL": model, "PIGREWARD_HF_REASONER_MODEL": model, "HF_HUB_OFFLINE": "1"}
+    data = tmp_path / "data"
+    out = run_cli(
+        data,
+        "demo",
+        "--backend",
+        "hf",
+        "--users",
+        "2",
+        "--images",
+        "16",
+        "--tests-per-user",
+        "2",
+        "--no-progress",
+        env=env,
+    )
+    assert out.stdout.splitlines()[0].split()[3] == "hf"
+    assert re.search(r"judgments: (done|invalid) \d+", out.stdout)
+    images = data / "images" / "demo" / "images"
+    one = run_cli(
+        data,
+        "judge",
+        "--backend",
+        "hf",
+        "--protocol",
+        "json-v1",
+        "--user",
+        "user_00",
+        "--prompt",
+        "x",
+        str(images / "img_0001.png"),
+        str(images / "img_0002.png"),
+        env=env,
+        check=False,
+    )
+    assert "json-v1@" in one.stdout or "invalid output" in one.stdout, one.stdout + one.stderr
+
+
+def test_judge_command_with_the_sglang_backend(demo_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.fake_openai import fake_openai_server
+
+    data_dir, _ = demo_run
+    images = data_dir / "images" / "demo" / "images"
+    with fake_openai_server() as (url, state):
+        out = run_cli(
+            data_dir,
+            "judge",
+            "--backend",
+            "sglang",
+            "--user",
+            "user_02",
+            "--prompt",
+            "p",
+            str(images / "img_0005.png"),
+            str(images / "img_0006.png"),
+            env={"PIGREWARD_SGLANG_URL": url},
+        )
+    assert "status done" in out.stdout and "fake-judge" in out.stdout
+    assert "Warm palette" in out.stdout
+    assert state.calls["p"] == 2  # both orders
