@@ -205,7 +205,7 @@ def test_parse_command_prints_the_parse_as_json(tmp_path: Path) -> None:
 
 
 def test_demo_and_judge_with_the_hf_backend_on_a_tiny_model(tmp_path: Path) -> None:
-    from tests.support.tiny_vlm import build_tiny_vlm
+    from pigreward.tiny_vlm import build_tiny_vlm
 
     model = str(build_tiny_vlm(tmp_path / "tiny", "qwen2_vl"))
     env = {"PIGREWARD_HF_JUDGE_MODEL": model, "PIGREWARD_HF_REASONER_MODEL": model, "HF_HUB_OFFLINE": "1"}

@@ -19,7 +19,7 @@ from tasks import judge
 from tasks.runtime import get_resources
 from tests.integration.helpers import image, user_who_likes_warm
 from tests.support.services import REPO, celery_worker, free_port, wait_until
-from tests.support.tiny_vlm import build_tiny_vlm
+from pigreward.tiny_vlm import build_tiny_vlm
 
 QUEUE = "tiny-vlm"
 

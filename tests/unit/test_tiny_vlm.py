@@ -1,4 +1,4 @@
-"""tests.support.tiny_vlm: offline tiny Qwen2-VL / Qwen2.5-VL checkpoints that load and generate."""
+"""pigreward.tiny_vlm: offline tiny Qwen2-VL / Qwen2.5-VL checkpoints that load and generate."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.support.tiny_vlm import SPECIAL_TOKENS, build_tiny_vlm, build_tokenizer
+from pigreward.tiny_vlm import SPECIAL_TOKENS, build_tiny_vlm, build_tokenizer
 from workers.backends.qwen_vision import (
     VisionSpec,
     expand_image_pads,

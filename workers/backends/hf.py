@@ -45,6 +45,10 @@ class HFEngineConfig:
     max_batch: int = 16
     batch_wait_s: float = 0.01  # how long the batcher waits for more requests to fill a batch
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"
+    shared_prefix: bool = True  # prefill the batch's common prefix (instructions + context) once
+    static_cache: bool = False  # preallocated KV cache (compiled decode on CUDA); excludes shared_prefix
+    min_shared_prefix: int = 64  # tokens; shorter common prefixes are not worth a separate prefill
+    min_new_tokens: int = 0  # benchmarks only: force a generation length
 
 
 def resolve_checkpoint(name: str, revision: str | None = None) -> tuple[Path, str]:
@@ -79,26 +83,39 @@ class _Job:
 class _Model:
     """One loaded checkpoint with its tokenizer, vision spec and batcher thread."""
 
-    def __init__(self, name: str, config: HFEngineConfig) -> None:
+    def __init__(
+        self, name: str, config: HFEngineConfig, loaded: tuple[Any, Any, VisionSpec] | None = None
+    ) -> None:
+        """Load `name` (path or HF-cache id), or wrap an already built (model, tokenizer, vision spec)."""
         import torch
-        from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-        self.path, revision = resolve_checkpoint(name, config.revision)
-        self.identity = ModelIdentity(name, revision)
         self.config = config
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-        )
-        if config.dtype == "auto":
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            dtype = getattr(torch, config.dtype)
-        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
-        if config.attn_implementation:
-            kwargs["attn_implementation"] = config.attn_implementation
-        self.model = AutoModelForImageTextToText.from_pretrained(self.path, **kwargs).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True, padding_side="left")
-        self.vision = VisionSpec.from_pretrained_dir(self.path)
+        if loaded is None:
+            from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+            self.path, revision = resolve_checkpoint(name, config.revision)
+            self.device = torch.device(
+                ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+            )
+            if config.dtype == "auto":
+                dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            else:
+                dtype = getattr(torch, config.dtype)
+            kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+            if config.attn_implementation:
+                kwargs["attn_implementation"] = config.attn_implementation
+            self.model = (
+                AutoModelForImageTextToText.from_pretrained(self.path, **kwargs).to(self.device).eval()
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                self.path, local_files_only=True, padding_side="left"
+            )
+            self.vision = VisionSpec.from_pretrained_dir(self.path)
+        else:  # benchmarks build random-weight models in memory
+            self.model, self.tokenizer, self.vision = loaded
+            self.device = next(self.model.parameters()).device
+            revision = "in-memory"
+        self.identity = ModelIdentity(name, revision)
         cfg = self.model.config
         self.image_token_id = int(
             getattr(cfg, "image_token_id", None) or self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -119,7 +136,9 @@ class _Model:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
         )
-        self.wants_mm_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
+        forward_args = inspect.signature(self.model.forward).parameters
+        self.wants_mm_types = "mm_token_type_ids" in forward_args  # transformers >= 5 computes M-RoPE from it
+        self.cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in 5.x
         self._grammar: Any = None
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"hf-batcher-{name}", daemon=True)
@@ -184,15 +203,25 @@ class _Model:
         return ids, images
 
     def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """One batched generation. With a shared prefix, rows are laid out [prefix][pads][suffix].
+
+        Judgments of one user share instructions + context (about two thirds of the prompt); that
+        prefix is prefilled once and its KV cache repeated over the batch, so generate only prefills
+        each row's own prompt and images. Greedy outputs are the same as without it.
+        """
         import torch
 
         encoded = [self.encode(r) for r in requests]
+        share = self.config.shared_prefix and not self.config.static_cache
+        prefix = self._common_prefix([ids for ids, _ in encoded]) if share else 0
         width = max(len(ids) for ids, _ in encoded)
         input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, (ids, _) in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
+            input_ids[row, :prefix] = torch.tensor(ids[:prefix], dtype=torch.long)
+            input_ids[row, width - (len(ids) - prefix) :] = torch.tensor(ids[prefix:], dtype=torch.long)
+            attention[row, :prefix] = 1
+            attention[row, width - (len(ids) - prefix) :] = 1
         all_images = [img for _, imgs in encoded for img in imgs]
         inputs: dict[str, Any] = {
             "input_ids": input_ids.to(self.device),
@@ -214,6 +243,8 @@ class _Model:
             "pad_token_id": self.pad_id,
             "do_sample": sampling.temperature > 0,
         }
+        if self.config.min_new_tokens:
+            gen_kwargs["min_new_tokens"] = min(self.config.min_new_tokens, max_new)
         if sampling.temperature > 0:
             gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
             if sampling.seed is not None:
@@ -221,7 +252,13 @@ class _Model:
         schemas = [r.json_schema for r in requests]
         if any(s is not None for s in schemas):
             gen_kwargs["logits_processor"] = [self.grammar_processor(schemas)]
+        if self.config.static_cache:
+            gen_kwargs["cache_implementation"] = "static"
         with torch.inference_mode():
+            if prefix:
+                gen_kwargs[self.cache_kwarg] = self._prefill(input_ids[:1, :prefix], len(encoded))
+            if hasattr(self.model.model, "rope_deltas"):
+                self.model.model.rope_deltas = None  # positions are recomputed for this batch
             out = self.model.generate(**inputs, **gen_kwargs)
         new = out[:, width:].tolist()
         results = []
@@ -230,18 +267,44 @@ class _Model:
             stop_at = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
             finished = stop_at is not None
             kept = tokens[:stop_at] if finished else tokens
+            usage = {
+                "prompt_tokens": len(encoded[row][0]),
+                "completion_tokens": len(kept) + (1 if finished else 0),
+            }
+            if prefix:
+                usage["cached_tokens"] = prefix
             results.append(
                 Generation(
                     text=self.tokenizer.decode(kept, skip_special_tokens=True),
                     finish_reason="stop" if finished else "length",
                     model=self.identity.model_id,
-                    usage={
-                        "prompt_tokens": len(encoded[row][0]),
-                        "completion_tokens": len(kept) + (1 if finished else 0),
-                    },
+                    usage=usage,
                 )
             )
         return results
+
+    def _common_prefix(self, rows: list[list[int]]) -> int:
+        """Length of the token prefix all rows share, cut before any image token; 0 if not worth it."""
+        if len(rows) < 2:
+            return 0
+        shortest = min(len(r) for r in rows)
+        n = 0
+        first = rows[0]
+        while n < shortest - 1 and first[n] != self.image_token_id and all(r[n] == first[n] for r in rows):
+            n += 1
+        return n if n >= self.config.min_shared_prefix else 0
+
+    def _prefill(self, prefix_ids: Any, batch: int) -> Any:
+        """The KV cache of the shared text prefix, computed once and repeated `batch` times."""
+        import torch
+
+        ones = torch.ones_like(prefix_ids)
+        out = self.model(
+            input_ids=prefix_ids.to(self.device), attention_mask=ones.to(self.device), use_cache=True
+        )
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_repeat_interleave(batch)
+        return cache
 
     def grammar_processor(self, schemas: Sequence[dict[str, Any] | None]) -> Any:
         from workers.backends.grammar import JsonSchemaLogits, compiler_for

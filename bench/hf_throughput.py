@@ -1,0 +1,206 @@
+"""Judgments/s of the `hf` engine against plain one-call `generate`, same batch, same run.
+
+A random-weight model is built in memory at the Qwen2-VL-7B shape (no download) or at the tiny
+test shape, and one user's batch of PIGReward-sized judgments is generated three ways:
+
+- plain:          one `model.generate` over the batch (the reference),
+- shared-prefix:  instructions + the user's context prefilled once, KV cache repeated over the batch,
+- static-cache:   a preallocated KV cache (compiled decode on CUDA).
+
+Every mode generates exactly `--gen-tokens` tokens per judgment (min = max new tokens), greedy, so
+outputs must agree token for token; the script checks that. Figures go to stdout.
+
+    python bench/hf_throughput.py --shape 7b --batch 128            # on a GPU host
+    python bench/hf_throughput.py --shape tiny --batch 8 --gen-tokens 32   # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+QWEN2_VL_7B = {  # the released PIGReward checkpoints' shape (Qwen2-VL-7B)
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {
+        "depth": 32,
+        "embed_dim": 1280,
+        "hidden_size": 3584,
+        "mlp_ratio": 4,
+        "num_heads": 16,
+        "in_chans": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+}
+
+
+def build(shape: str, device: str, workdir: Path):  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from pigreward.tiny_vlm import build_tokenizer, tiny_config
+    from workers.backends.qwen_vision import VisionSpec
+
+    tokenizer = build_tokenizer(workdir / "tok")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    ids.update(
+        {
+            t: tokenizer.convert_tokens_to_ids(t)
+            for t in (
+                "<|image_pad|>",
+                "<|video_pad|>",
+                "<|vision_start|>",
+                "<|vision_end|>",
+                "<|im_end|>",
+                "<|endoftext|>",
+            )
+        }
+    )
+    cfg = tiny_config("qwen2_vl", ids, len(tokenizer))
+    if shape == "7b":
+        cfg.update(QWEN2_VL_7B)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    config = Qwen2VLConfig(**cfg)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    return model, tokenizer, VisionSpec(max_pixels=448 * 448)
+
+
+def workload(tokenizer, batch: int, context_tokens: int, image_px: int, gen_tokens: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    from pigreward.synthetic import DrawParams, draw_image
+    from pigreward.tiny_vlm import CORPUS
+    from workers.generation import Sampling
+    from workers.imaging import ImageLimits, normalize
+    from workers.protocols import get_protocol
+
+    rng = random.Random(seed)
+    words = CORPUS.split()
+    # 15 rationales whose tokens add up to about `context_tokens`
+    rationales = [""] * 15
+    while sum(len(tokenizer(r)["input_ids"]) for r in rationales) < context_tokens:
+        i = rng.randrange(15)
+        rationales[i] = f"{rationales[i]} {rng.choice(words)}".strip()
+
+    def image(i: int):  # type: ignore[no-untyped-def]
+        buf = io.BytesIO()
+        params = DrawParams(
+            warmth=rng.random(),
+            saturation=rng.random(),
+            brightness=rng.random(),
+            clutter=rng.random(),
+            centering=rng.random(),
+            symmetry=rng.random(),
+            seed=i,
+        )
+        draw_image(params, size=image_px).save(buf, "PNG")
+        return normalize(buf.getvalue(), f"bench-{i}", ImageLimits(pixel_budget=image_px * image_px))
+
+    proto = get_protocol("pigreward-v1")
+    sampling = Sampling(max_tokens=gen_tokens)
+    return [
+        proto.judge_request(
+            rationales,
+            f"prompt {i}: " + " ".join(rng.choice(words) for _ in range(12)),
+            image(2 * i),
+            image(2 * i + 1),
+            sampling,
+        )
+        for i in range(batch)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=["7b", "tiny"], default="7b")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--context-tokens", type=int, default=1200)
+    ap.add_argument("--image-px", type=int, default=448)
+    ap.add_argument("--gen-tokens", type=int, default=350)
+    ap.add_argument("--modes", default="plain,shared-prefix,static-cache")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    import torch
+
+    from workers.backends.hf import HFEngineConfig, _Model
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    print(
+        f"device: {name}; torch {torch.__version__}; shape {args.shape}; batch {args.batch}; "
+        f"~{args.context_tokens} context tokens, two {args.image_px}px images, {args.gen_tokens} generated tokens"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        loaded = build(args.shape, device, Path(tmp))
+        print(
+            f"model built in {time.perf_counter() - t0:.1f}s "
+            f"({sum(p.numel() for p in loaded[0].parameters()) / 1e9:.2f}B parameters)"
+        )
+        requests = workload(loaded[1], args.batch, args.context_tokens, args.image_px, args.gen_tokens)
+        modes = {
+            "plain": {"shared_prefix": False},
+            "shared-prefix": {"shared_prefix": True},
+            "static-cache": {"static_cache": True},
+        }
+        outputs: dict[str, list[str]] = {}
+        rates: dict[str, float] = {}
+        for mode in args.modes.split(","):
+            cfg = HFEngineConfig(
+                judge_model="bench", min_new_tokens=args.gen_tokens, max_batch=args.batch, **modes[mode]
+            )
+            engine = _Model(f"bench-{args.shape}", cfg, loaded=loaded)
+            engine.stop()
+            engine.run(requests[: min(2, len(requests))])  # warm-up (kernels, compile)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            gens = engine.run(requests)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t
+            outputs[mode] = [g.text for g in gens]
+            rates[mode] = len(requests) / secs
+            prompt = gens[0].usage["prompt_tokens"]
+            mem = (
+                f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+                if device.startswith("cuda")
+                else ""
+            )
+            print(
+                f"{mode:>14}: {rates[mode]:8.2f} judgments/s  ({secs:.1f}s for {len(requests)}; "
+                f"{prompt} prompt tokens, {gens[0].usage['completion_tokens']} generated{mem})"
+            )
+        base = rates.get("plain")
+        for mode, rate in rates.items():
+            if mode != "plain" and base:
+                same = sum(a == b for a, b in zip(outputs[mode], outputs["plain"], strict=True))
+                print(
+                    f"{mode:>14}: {rate / base:.2f}x plain generate; identical outputs {same}/{len(requests)}"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The in-process `hf` engine on tiny random Qwen-VL models: batching, shared prefix, grammar, loading."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from pigreward.synthetic import DrawParams, draw_image
+from pigreward.tiny_vlm import build_tiny_vlm
+from workers.backends.hf import HFEngine, HFEngineConfig, _Model, resolve_checkpoint
+from workers.errors import BackendRejected
+from workers.generation import Sampling
+from workers.imaging import ImageLimits, normalize
+from workers.protocols import get_protocol
+from workers.protocols.json_v1 import validate
+
+
+def _image(warmth: float, seed: int):  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    params = DrawParams(
+        warmth=warmth, saturation=0.5, brightness=0.5, clutter=0.3, centering=0.5, symmetry=0.5, seed=seed
+    )
+    draw_image(params, size=96).save(buf, "PNG")
+    return normalize(buf.getvalue(), f"img{seed}", ImageLimits(pixel_budget=112 * 112))
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def model_dir(request, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    return build_tiny_vlm(tmp_path_factory.mktemp(request.param) / "m", request.param)
+
+
+def _requests(n: int, max_tokens: int = 24):  # type: ignore[no-untyped-def]
+    proto = get_protocol("pigreward-v1")
+    rationales = ["This user prefers warm amber light and sparse, calm compositions."] * 6
+    return [
+        proto.judge_request(
+            rationales,
+            f"scene {i} " * (i + 1),
+            _image(0.1 * i, i),
+            _image(0.9 - 0.1 * i, 20 + i),
+            Sampling(max_tokens=max_tokens),
+        )
+        for i in range(n)
+    ]
+
+
+def test_shared_prefix_and_static_cache_give_the_same_tokens_as_plain_generate(model_dir: Path) -> None:
+    reqs = _requests(3)
+    plain = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir), shared_prefix=False)).run(reqs)
+    shared = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir), shared_prefix=True)).run(reqs)
+    static = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir), static_cache=True)).run(reqs)
+    assert [g.text for g in shared] == [g.text for g in plain] == [g.text for g in static]
+    assert shared[0].usage["cached_tokens"] > 0.5 * shared[0].usage["prompt_tokens"]
+    assert "cached_tokens" not in plain[0].usage
+
+
+def test_batched_generation_equals_one_at_a_time(model_dir: Path) -> None:
+    model = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir)))
+    reqs = _requests(3)
+    assert [g.text for g in model.run(reqs)] == [model.run([r])[0].text for r in reqs]
+    assert all(g.finish_reason in ("stop", "length") for g in model.run(reqs))
+
+
+def test_engine_batches_concurrent_callers_and_reports_identity(model_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = HFEngine(
+        HFEngineConfig(judge_model=str(model_dir), reasoner_model=None, max_batch=8, batch_wait_s=0.2)
+    )
+    reqs = _requests(4, max_tokens=8)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda r: engine.generate([r])[0], reqs))
+    assert len(results) == 4 and all(r.usage["completion_tokens"] >= 1 for r in results)
+    ident = engine.identity("judge")
+    assert ident.model_id == str(model_dir) and ident.revision.startswith("local-")
+    assert engine.identity("reasoner") == ident  # no reasoner configured: the judge reasons
+    engine.close()
+
+
+def test_json_schema_is_enforced_token_by_token(model_dir: Path) -> None:
+    engine = HFEngine(HFEngineConfig(judge_model=str(model_dir), reasoner_model=None))
+    proto = get_protocol("json-v1")
+    req = proto.judge_request(
+        ["likes warm light"], "a harbour", _image(0.8, 1), _image(0.2, 2), Sampling(max_tokens=1500)
+    )
+    [gen] = engine.generate([req])
+    answer, problem = validate(gen.text)
+    assert answer is not None, (problem, gen.text[:200])
+    assert json.loads(gen.text, strict=False)["dimensions"]
+    assert proto.parse(gen).outcome == "valid"
+    engine.close()
+
+
+def test_checkpoints_resolve_from_paths_and_the_hf_cache_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snap = tmp_path / "hub" / "models--org--judge" / "snapshots" / "0123456789abcdef"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    assert resolve_checkpoint(str(snap)) == (snap, "0123456789abcdef")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text('{"a": 1}')
+    assert resolve_checkpoint(str(plain))[1].startswith("local-")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(BackendRejected, match="never downloaded"):
+        resolve_checkpoint("jeongeunnn/pigreward")
