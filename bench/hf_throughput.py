@@ -143,7 +143,8 @@ def main() -> None:
 
     import torch
 
-    from workers.backends.hf import HFEngineConfig, _Model
+    from workers.backends.hf import _Model
+    from workers.backends.hf_config import HFEngineConfig
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"

@@ -154,7 +154,8 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from workers.backends.hf import HFEngine, HFEngineConfig
+    from workers.backends.hf import HFEngine
+    from workers.backends.hf_config import HFEngineConfig
 
     engine = HFEngine(
         HFEngineConfig(judge_model=judge, reasoner_model=reasoner, device=device, max_batch=max_batch)

@@ -39,7 +39,7 @@ def store_config(settings: Settings) -> StoreConfig:
 
 
 def backend_config(settings: Settings) -> BackendConfig:
-    from workers.backends.hf import HFEngineConfig
+    from workers.backends.hf_config import HFEngineConfig
 
     sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
     key = settings.sglang_api_key

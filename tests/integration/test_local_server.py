@@ -15,11 +15,11 @@ import pytest
 
 from models.db import session_scope
 from models.ledger import dimensions_of, get_judgment
+from pigreward.tiny_vlm import build_tiny_vlm
 from tasks import judge
 from tasks.runtime import get_resources
 from tests.integration.helpers import image, user_who_likes_warm
 from tests.support.services import REPO, celery_worker, free_port, wait_until
-from pigreward.tiny_vlm import build_tiny_vlm
 
 QUEUE = "tiny-vlm"
 

@@ -124,7 +124,7 @@ def fake_openai_server(delay: float = 0.0) -> Iterator[tuple[str, FakeState]]:
     state = FakeState(delay)
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _handler(state))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", state

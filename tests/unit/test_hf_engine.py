@@ -10,7 +10,8 @@ import pytest
 
 from pigreward.synthetic import DrawParams, draw_image
 from pigreward.tiny_vlm import build_tiny_vlm
-from workers.backends.hf import HFEngine, HFEngineConfig, _Model, resolve_checkpoint
+from workers.backends.hf import HFEngine, _Model, resolve_checkpoint
+from workers.backends.hf_config import HFEngineConfig
 from workers.errors import BackendRejected
 from workers.generation import Sampling
 from workers.imaging import ImageLimits, normalize

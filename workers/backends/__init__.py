@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from workers.backends.base import Backend
+from workers.backends.hf_config import HFEngineConfig
 from workers.backends.lite import LiteBackend
 from workers.backends.openai_http import HTTPEngineConfig
 from workers.errors import UnknownBackend
 from workers.generation import Sampling
-
-if TYPE_CHECKING:  # torch-free import of the lite path
-    from workers.backends.hf import HFEngineConfig
 
 BACKENDS = ("lite", "sglang", "hf")
 LVLM_BACKENDS = ("sglang", "hf")
@@ -35,7 +32,7 @@ class BackendConfig:
     http: HTTPEngineConfig = field(
         default_factory=lambda: HTTPEngineConfig(judge_url="http://127.0.0.1:30000")
     )
-    hf: HFEngineConfig | None = None
+    hf: HFEngineConfig = field(default_factory=HFEngineConfig)
 
 
 def available_backends() -> list[str]:
@@ -53,17 +50,13 @@ def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
     from workers.protocols import get_protocol
 
     if name == "sglang":
-        from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
+        from workers.backends.openai_http import OpenAIHTTPEngine
 
-        engine = OpenAIHTTPEngine(
-            config.http
-            if isinstance(config.http, HTTPEngineConfig)
-            else HTTPEngineConfig(judge_url="http://127.0.0.1:30000")
-        )
+        engine = OpenAIHTTPEngine(config.http)
     else:
-        from workers.backends.hf import HFEngine, HFEngineConfig
+        from workers.backends.hf import HFEngine
 
-        engine = HFEngine(config.hf if isinstance(config.hf, HFEngineConfig) else HFEngineConfig())
+        engine = HFEngine(config.hf)
     return LVLMBackend(
         name,
         engine,

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class JsonDimension(BaseModel):
+    """As strict as the schema: no coerced types ("4", true), no extra keys."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     name: str = Field(min_length=1, max_length=40)
     reason: str = Field(max_length=200)
     score_1: int = Field(ge=1, le=5)
@@ -21,8 +25,10 @@ class JsonDimension(BaseModel):
 
 
 class JsonJudgment(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     dimensions: list[JsonDimension] = Field(min_length=1, max_length=5)
-    summary: str = Field(default="", max_length=200)
+    summary: str = Field(max_length=200)
 
 
 SCHEMA: dict[str, Any] = {

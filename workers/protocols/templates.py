@@ -44,16 +44,19 @@ class Template:
 
             return _PLACEHOLDER.sub(sub, text)
 
+        # markers are found in the template before filling, so values that happen to contain
+        # "<image_1>" (a rationale, a prompt) stay text
         parts: list[TextPart | ImagePart] = []
         pos = 0
-        user = fill(self.user)
-        for m in _IMAGE.finditer(user):
+        for m in _IMAGE.finditer(self.user):
             if m.start() > pos:
-                parts.append(TextPart(user[pos : m.start()]))
+                parts.append(TextPart(fill(self.user[pos : m.start()])))
+            if m.group(1) not in images:
+                raise TemplateError(f"{self.protocol}/{self.kind}: no image for <{m.group(1)}>")
             parts.append(ImagePart(images[m.group(1)]))
             pos = m.end()
-        if pos < len(user):
-            parts.append(TextPart(user[pos:]))
+        if pos < len(self.user):
+            parts.append(TextPart(fill(self.user[pos:])))
         messages = []
         if self.system:
             messages.append(ChatMessage("system", (TextPart(fill(self.system)),)))
