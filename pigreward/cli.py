@@ -199,6 +199,38 @@ def parse(protocol: str, finish_reason: str, file) -> None:  # type: ignore[no-u
         sys.exit(1)
 
 
+@main.command("check")
+@click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None, help="Backend to check (default: settings)."
+)
+def check(backend: str | None) -> None:
+    """Is the configured backend ready? Prints model identity and template version, exits 1 if not."""
+    from tasks.runtime import backend_config
+    from workers.backends import create_backend
+    from workers.errors import PigrewardError
+
+    settings = get_settings()
+    name = backend or settings.backend
+    config = backend_config(settings)
+    if name == "sglang":
+        from workers.backends.openai_http import OpenAIHTTPEngine
+
+        engine = OpenAIHTTPEngine(config.http)
+        for role in ("judge", "reasoner"):
+            url = engine.target(role)[0]
+            click.echo(f"{role}: {url} {'ready' if engine.ready(role) else 'NOT READY'}")
+        engine.close()
+    try:
+        instance = create_backend(name, config)
+        click.echo(f"backend {name}: judge {instance.model_id} rev {instance.model_revision}")
+        ctx = instance.context_identity
+        click.echo(f"contexts by {ctx.model_id} rev {ctx.revision}; template {instance.template_version}")
+        instance.close()
+    except PigrewardError as exc:
+        click.echo(f"backend {name} not usable: {exc.message}", err=True)
+        sys.exit(1)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

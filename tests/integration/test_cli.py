@@ -268,3 +268,20 @@ def test_judge_command_with_the_sglang_backend(demo_run, tmp_path: Path) -> None
     assert "status done" in out.stdout and "fake-judge" in out.stdout
     assert "Warm palette" in out.stdout
     assert state.calls["p"] == 2  # both orders
+
+
+def test_check_reports_readiness_and_identity(tmp_path: Path) -> None:
+    from tests.support.fake_openai import fake_openai_server
+
+    with fake_openai_server() as (url, _):
+        ok = run_cli(tmp_path, "check", "--backend", "sglang", env={"PIGREWARD_SGLANG_URL": url})
+    assert "judge: " in ok.stdout and "ready" in ok.stdout and "fake-judge rev abc1234def" in ok.stdout
+    down = run_cli(
+        tmp_path,
+        "check",
+        "--backend",
+        "sglang",
+        check=False,
+        env={"PIGREWARD_SGLANG_URL": "http://127.0.0.1:9", "PIGREWARD_SGLANG_MAX_ATTEMPTS": "1"},
+    )
+    assert down.returncode == 1 and "NOT READY" in down.stdout and "not usable" in down.stderr

@@ -88,7 +88,7 @@ class OpenAIHTTPEngine:
         with self._lock:
             if role in self._identities:
                 return self._identities[role]
-        url, model, revision = self._target(role)
+        url, model, revision = self.target(role)
         listed = self.models(url)
         entry = (
             next((m for m in listed if m.get("id") == model), None)
@@ -113,7 +113,7 @@ class OpenAIHTTPEngine:
     # -- server facts -------------------------------------------------------------------------
     def ready(self, role: Literal["judge", "reasoner"] = "judge") -> bool:
         """SGLang answers /health with 200 once the model is loaded; others: /v1/models."""
-        url = self._target(role)[0]
+        url = self.target(role)[0]
         for path in ("/health", "/v1/models"):
             try:
                 if self._client.get(url + path, timeout=self.config.connect_timeout_s).status_code == 200:
@@ -130,7 +130,7 @@ class OpenAIHTTPEngine:
         return data
 
     # -- internals ----------------------------------------------------------------------------
-    def _target(self, role: str) -> tuple[str, str | None, str | None]:
+    def target(self, role: str) -> tuple[str, str | None, str | None]:
         """(base URL, model name or None, revision or None) of the judge or the reasoner."""
         c = self.config
         if role != "reasoner":
@@ -141,7 +141,7 @@ class OpenAIHTTPEngine:
         return url, model, c.reasoner_revision or (c.judge_revision if same else None)
 
     def _complete(self, request: GenerationRequest) -> Generation:
-        url = self._target(request.role)[0]
+        url = self.target(request.role)[0]
         model = self.identity(request.role).model_id
         s = request.sampling
         body: dict[str, Any] = {
