@@ -17,6 +17,7 @@ from sqlmodel import Session, col, func, select
 
 from models.tables import (
     Batch,
+    BatchItem,
     DimensionScore,
     Judgment,
     JudgmentStatus,
@@ -25,7 +26,7 @@ from models.tables import (
 from models.upsert import insert_ignore, natural_key
 from models.users import ensure_tenant, find_user
 
-RETRYABLE_ON_RESEND = (JudgmentStatus.rejected, JudgmentStatus.failed)
+RETRYABLE_ON_RESEND = (JudgmentStatus.rejected, JudgmentStatus.failed, JudgmentStatus.cancelled)
 """A re-send puts these back in the queue (the input may have been fixed); verdicts stay."""
 
 
@@ -347,3 +348,71 @@ def create_batch(*, session: Session, tenant: str, name: str, kind: str = "judge
 def _locks(session: Session) -> bool:
     """Row locks where the database has them (Postgres); SQLite serializes writers anyway."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+def list_judgments(
+    *,
+    session: Session,
+    tenant_id: int,
+    user: str | None = None,
+    batch_id: int | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Judgment]:
+    stmt = select(Judgment).where(Judgment.tenant_id == tenant_id)
+    if user is not None:
+        stmt = stmt.where(Judgment.user_ref == user)
+    if batch_id is not None:
+        stmt = stmt.where(Judgment.batch_id == batch_id)
+    if status is not None:
+        stmt = stmt.where(Judgment.status == status)
+    return list(session.exec(stmt.order_by(col(Judgment.id)).limit(limit).offset(offset)))
+
+
+def record_batch(
+    *, session: Session, tenant: str, name: str, specs: Sequence[JudgmentSpec], kind: str = "judge"
+) -> tuple[Batch, list[int]]:
+    """A batch and its ledger rows in one transaction; returns the batch and the ids in order."""
+    batch = create_batch(session=session, tenant=tenant, name=name, kind=kind, total=len(specs))
+    ids = record_judgments(
+        session=session, specs=[s.model_copy(update={"batch_id": batch.id}) for s in specs]
+    )
+    items = [{"batch_id": batch.id, "position": i, "judgment_id": jid} for i, jid in enumerate(ids)]
+    for start in range(0, len(items), 1000):
+        session.execute(sa.insert(BatchItem), items[start : start + 1000])
+    return batch, ids
+
+
+def batch_judgment_ids(*, session: Session, batch_id: int) -> list[int]:
+    stmt = (
+        select(BatchItem.judgment_id).where(BatchItem.batch_id == batch_id).order_by(col(BatchItem.position))
+    )
+    return list(session.exec(stmt))
+
+
+def batch_counts(*, session: Session, batch_id: int) -> dict[str, int]:
+    """Counts by status of the distinct judgments a batch asked for."""
+    ids = select(BatchItem.judgment_id).where(BatchItem.batch_id == batch_id)
+    stmt = select(Judgment.status, func.count()).where(col(Judgment.id).in_(ids)).group_by(Judgment.status)
+    return {status: n for status, n in session.exec(stmt)}
+
+
+def cancel_batch(*, session: Session, batch_id: int) -> int:
+    """Cancel what no worker has taken yet; running and finished rows are left alone."""
+    batch = session.get(Batch, batch_id)
+    if batch is not None and batch.cancelled_at is None:
+        batch.cancelled_at = utcnow()
+        session.add(batch)
+    ids = select(BatchItem.judgment_id).where(BatchItem.batch_id == batch_id)
+    result = session.execute(
+        sa.update(Judgment)
+        .where(col(Judgment.id).in_(ids), col(Judgment.status) == JudgmentStatus.queued)
+        .values(
+            status=JudgmentStatus.cancelled,
+            finished_at=utcnow(),
+            error_code="cancelled",
+            error="batch cancelled",
+        )
+    )
+    return result.rowcount  # type: ignore[attr-defined]

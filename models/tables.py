@@ -33,10 +33,17 @@ class JudgmentStatus(StrEnum):
     invalid = "invalid"  # the model answered, but not in the protocol: reason + raw text kept
     rejected = "rejected"  # bad input (missing image, unknown user...): permanent, reason kept
     failed = "failed"  # transient errors outlasted the retries, or an internal error
+    cancelled = "cancelled"  # its batch was cancelled before a worker took it
 
 
 TERMINAL_STATUSES = frozenset(
-    {JudgmentStatus.done, JudgmentStatus.invalid, JudgmentStatus.rejected, JudgmentStatus.failed}
+    {
+        JudgmentStatus.done,
+        JudgmentStatus.invalid,
+        JudgmentStatus.rejected,
+        JudgmentStatus.failed,
+        JudgmentStatus.cancelled,
+    }
 )
 
 
@@ -56,6 +63,20 @@ class Tenant(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True)
     created_at: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key of a tenant. Only a sha256 of the key is stored; `prefix` finds the row."""
+
+    __tablename__ = "api_key"
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    name: str = Field(max_length=100)
+    prefix: str = Field(max_length=16, unique=True)
+    key_hash: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(nullable=True)
+    last_used_at: datetime | None = _ts(nullable=True)
 
 
 class EndUser(SQLModel, table=True):
@@ -140,6 +161,16 @@ class Batch(SQLModel, table=True):
     kind: str = Field(max_length=32, default="judge")
     total: int = 0
     created_at: datetime = _ts()
+    cancelled_at: datetime | None = _ts(nullable=True)
+
+
+class BatchItem(SQLModel, table=True):
+    """Which judgments a batch asked for, in order (a judgment can be asked for by several batches)."""
+
+    __tablename__ = "batch_item"
+    batch_id: int = Field(foreign_key="batch.id", primary_key=True)
+    position: int = Field(primary_key=True)
+    judgment_id: int = Field(foreign_key="judgment.id", index=True)
 
 
 class Judgment(SQLModel, table=True):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from models.tables import EndUser, ReferencePair, Tenant
+from models.tables import BatchItem, DimensionScore, EndUser, Judgment, ReferencePair, Tenant, UserContext
 from models.upsert import insert_ignore, natural_key
 
 
@@ -52,3 +53,46 @@ def add_reference(
 def list_references(*, session: Session, user_id: int) -> list[ReferencePair]:
     stmt = select(ReferencePair).where(ReferencePair.user_id == user_id).order_by(col(ReferencePair.id))
     return list(session.exec(stmt))
+
+
+def list_users(*, session: Session, tenant_id: int, limit: int = 100, offset: int = 0) -> list[EndUser]:
+    stmt = (
+        select(EndUser)
+        .where(EndUser.tenant_id == tenant_id)
+        .order_by(col(EndUser.id))
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.exec(stmt))
+
+
+def delete_user(*, session: Session, tenant_id: int, external_id: str) -> dict[str, int] | None:
+    """Delete a user and everything derived from them (privacy); counts by kind, None if unknown.
+
+    Judgments are matched by user id and by the tenant's external id, so rows recorded before the
+    user existed go too. Image content records are shared by hash and stay.
+    """
+    user = find_user(session=session, tenant_id=tenant_id, external_id=external_id)
+    if user is None:
+        return None
+    mine = sa.or_(
+        col(Judgment.user_id) == user.id,
+        sa.and_(col(Judgment.tenant_id) == tenant_id, col(Judgment.user_ref) == external_id),
+    )
+    judgment_ids = select(Judgment.id).where(mine)
+    session.execute(sa.delete(BatchItem).where(col(BatchItem.judgment_id).in_(judgment_ids)))
+    counts = {
+        "dimension_scores": session.execute(
+            sa.delete(DimensionScore).where(col(DimensionScore.judgment_id).in_(judgment_ids))
+        ).rowcount,  # type: ignore[attr-defined]
+        "judgments": session.execute(sa.delete(Judgment).where(mine)).rowcount,  # type: ignore[attr-defined]
+        "contexts": session.execute(
+            sa.delete(UserContext).where(col(UserContext.user_id) == user.id)
+        ).rowcount,  # type: ignore[attr-defined]
+        "references": session.execute(
+            sa.delete(ReferencePair).where(col(ReferencePair.user_id) == user.id)
+        ).rowcount,  # type: ignore[attr-defined]
+    }
+    session.delete(user)
+    session.flush()
+    return counts

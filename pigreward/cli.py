@@ -232,6 +232,75 @@ def check(backend: str | None) -> None:
 
 
 @main.group()
+def keys() -> None:
+    """API keys (only a hash is stored; a key is shown once)."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant the key belongs to (created if new).")
+@click.option("--name", default="default", show_default=True, help="A label for the key.")
+def keys_create(tenant: str, name: str) -> None:
+    """Create a key and print it once."""
+    from models.db import session_scope, upgrade
+    from models.keys import create_key
+    from tasks.runtime import get_resources
+
+    upgrade(get_settings().resolved_database_url)
+    with session_scope(get_resources().engine) as session:
+        row, key = create_key(session=session, tenant=tenant, name=name)
+        key_id = row.id
+    click.echo(key)
+    click.echo(f"key {key_id} for tenant {tenant!r} ({name}); store it now, it is not shown again", err=True)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+def keys_list(tenant: str | None) -> None:
+    """List keys (id, tenant, name, prefix, state)."""
+    from models.db import session_scope
+    from models.keys import list_keys
+    from tasks.runtime import get_resources
+
+    with session_scope(get_resources().engine) as session:
+        rows = list_keys(session=session, tenant=tenant)
+        for key, tenant_name in rows:
+            state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+            click.echo(f"{key.id}\t{tenant_name}\t{key.name}\tpgr_{key.prefix}_...\t{state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+def keys_revoke(key_id: int) -> None:
+    """Revoke a key by id: requests with it answer 401 from now on."""
+    from models.db import session_scope
+    from models.keys import revoke_key
+    from tasks.runtime import get_resources
+
+    with session_scope(get_resources().engine) as session:
+        row = revoke_key(session=session, key_id=key_id)
+    if row is None:
+        raise click.ClickException(f"no key {key_id}")
+    click.echo(f"key {key_id} revoked")
+
+
+@main.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
+def api_server(host: str, port: int, workers: int) -> None:
+    """Run the REST submit API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from models.db import upgrade
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    if settings.embedded_broker:
+        click.echo("warning: memory:// broker: jobs submitted here need a worker in this process", err=True)
+    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
+
+
+@main.group()
 def db() -> None:
     """Database schema."""
 

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     hf_device: str = "auto"
     hf_dtype: str = "auto"
     hf_max_batch: int = Field(16, description="Judgments batched into one generate.")
+    api_max_body_bytes: int = Field(50 * 1024 * 1024, description="Largest request body the API reads.")
+    api_max_batch: int = Field(10_000, description="Most judgments in one batch request.")
+    api_max_prompt_chars: int = Field(2_000, description="Longest prompt the API accepts.")
+    api_allow_file_uris: bool = Field(
+        False, description="Accept file:// image URIs from API clients (inside the image root only)."
+    )
+    upload_bucket: str | None = Field(
+        None, description="Uploaded images go to this S3 bucket; None: under the image root (uploads/)."
+    )
     chunk_concurrency: int = Field(
         32, description="Judgments of one bulk chunk run at once (keeps LVLM servers busy)."
     )

@@ -17,7 +17,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models.db import session_scope
-from models.ledger import JudgmentSpec, record_judgments, release_judgment, stale_judgments
+from models.ledger import JudgmentSpec, record_batch, record_judgments, release_judgment, stale_judgments
 from pigreward.settings import get_settings
 from tasks.app import app
 from tasks.runtime import get_resources
@@ -200,3 +200,16 @@ def submit_judgments(
                 args=(distinct[start : start + chunk_size],), **({"queue": queue} if queue else {})
             )
     return ids
+
+
+def submit_batch(
+    *, tenant: str, name: str, specs: Sequence[JudgmentSpec], chunk_size: int = 50, kind: str = "judge"
+) -> tuple[int, list[int]]:
+    """A batch of judgments: batch + ledger rows in one transaction, then chunk messages on `bulk`."""
+    with session_scope(get_resources().engine) as session:
+        batch, ids = record_batch(session=session, tenant=tenant, name=name, specs=specs, kind=kind)
+        batch_id: int = batch.id  # type: ignore[assignment]
+    distinct = list(dict.fromkeys(ids))
+    for start in range(0, len(distinct), chunk_size):
+        judge_chunk.apply_async(args=(distinct[start : start + chunk_size],))
+    return batch_id, ids

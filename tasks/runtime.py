@@ -13,6 +13,7 @@ from celery.signals import worker_process_init
 
 from models.db import make_engine
 from pigreward.settings import Settings, get_settings
+from tasks import metrics
 from workers.backends import Backend, BackendConfig, create_backend
 from workers.backends.openai_http import HTTPEngineConfig
 from workers.generation import Sampling
@@ -92,6 +93,7 @@ def build_resources(settings: Settings) -> Resources:
         backend_for=backend_for,
         lease_s=settings.visibility_timeout_s,
         max_attempts=settings.max_attempts,
+        events=metrics.OBSERVER,
     )
 
 

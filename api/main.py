@@ -1,0 +1,73 @@
+"""The thin REST submit API: validate, authorize, write ledger rows, enqueue, read back.
+
+uvicorn api.main:app        or        pigreward api --port 8000
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.routes import health, judgments, users, viewer
+from pigreward.settings import get_settings
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes (413), declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail": "request body over {limit} bytes"}}'.encode()
+    await send(
+        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="pigreward",
+        version="0.1.0",
+        summary="Personalized pairwise judging of text-to-image outputs (PIGReward) as a batch job queue.",
+    )
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(users.router, prefix="/v1")
+    app.include_router(judgments.router, prefix="/v1")
+    app.include_router(viewer.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,194 @@
+"""Judgments and batches: submit, read, list, progress, cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlmodel import Session
+
+from api.deps import SessionDep, TenantDep
+from api.schemas import BatchCreate, BatchPublic, DimensionPublic, JudgmentCreate, JudgmentPublic
+from models.ledger import batch_counts, cancel_batch, dimensions_of, get_judgment, list_judgments
+from models.tables import TERMINAL_STATUSES, Batch, Judgment, JudgmentStatus, Tenant
+from pigreward.settings import get_settings
+from tasks.judging import judge, record, spec_from_call, submit_batch
+
+router = APIRouter(tags=["judgments"])
+JUDGMENT_NOT_FOUND = "judgment not found"
+BATCH_NOT_FOUND = "batch not found"
+
+
+def judgment_public(session: Session, row: Judgment) -> JudgmentPublic:
+    dims = dimensions_of(session=session, judgment_id=row.id)  # type: ignore[arg-type]
+    return JudgmentPublic(
+        id=row.id,  # type: ignore[arg-type]
+        user=row.user_ref,
+        prompt=row.prompt,
+        image_a=row.image_a_uri,
+        image_b=row.image_b_uri,
+        status=row.status,
+        winner=row.winner,
+        total_a=row.total_a,
+        total_b=row.total_b,
+        dimensions=[
+            DimensionPublic(name=d.name, score_a=d.score_a, score_b=d.score_b, reason=d.reason) for d in dims
+        ],
+        rationale=row.rationale,
+        raw_outputs=row.raw_outputs,
+        invalid_reason=row.invalid_reason,
+        error_code=row.error_code,
+        error=row.error,
+        backend=row.backend,
+        judge_model=row.judge_model,
+        model_revision=row.model_revision,
+        template_version=row.template_version,
+        swap=row.swap,
+        attempts=row.attempts,
+        usage=row.usage,
+        timings=row.timings,
+        batch_id=row.batch_id,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+    )
+
+
+def owned_judgment(session: Session, tenant: Tenant, judgment_id: int) -> Judgment:
+    row = get_judgment(session=session, judgment_id=judgment_id)
+    if row is None or row.tenant_id != tenant.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, JUDGMENT_NOT_FOUND)
+    return row
+
+
+def owned_batch(session: Session, tenant: Tenant, batch_id: int) -> Batch:
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.tenant_id != tenant.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, BATCH_NOT_FOUND)
+    return batch
+
+
+def batch_public(session: Session, batch: Batch) -> BatchPublic:
+    counts = batch_counts(session=session, batch_id=batch.id)  # type: ignore[arg-type]
+    finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES) == sum(counts.values())
+    return BatchPublic(
+        id=batch.id,  # type: ignore[arg-type]
+        name=batch.name,
+        total=batch.total,
+        counts=counts,
+        finished=finished,
+        cancelled=batch.cancelled_at is not None,
+        created_at=batch.created_at,
+    )
+
+
+@router.post("/judgments", status_code=status.HTTP_202_ACCEPTED)
+def create_judgment(body: JudgmentCreate, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
+    """Submit one judgment; the same submission again returns the same judgment."""
+    spec = spec_from_call(body.user, body.prompt, body.image_a, body.image_b, body.options(), tenant.name)
+    [judgment_id] = record([spec])
+    judge.apply_async(kwargs={"judgment_id": judgment_id})
+    return judgment_public(session, owned_judgment(session, tenant, judgment_id))
+
+
+@router.get("/judgments/{judgment_id}")
+def read_judgment(judgment_id: int, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
+    """One judgment with its dimensions, raw model output and versions."""
+    return judgment_public(session, owned_judgment(session, tenant, judgment_id))
+
+
+@router.get("/judgments")
+def read_judgments(
+    session: SessionDep,
+    tenant: TenantDep,
+    user: str | None = None,
+    batch_id: int | None = None,
+    status_: Annotated[JudgmentStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[JudgmentPublic]:
+    """List judgments by user, batch and status."""
+    rows = list_judgments(
+        session=session,
+        tenant_id=tenant.id,  # type: ignore[arg-type]
+        user=user,
+        batch_id=batch_id,
+        status=status_.value if status_ else None,
+        limit=limit,
+        offset=offset,
+    )
+    return [judgment_public(session, r) for r in rows]
+
+
+def _submit(tenant: Tenant, name: str, items: list[JudgmentCreate]) -> int:
+    limit = get_settings().api_max_batch
+    if len(items) > limit:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"a batch holds at most {limit} judgments"
+        )
+    specs = [spec_from_call(i.user, i.prompt, i.image_a, i.image_b, i.options(), tenant.name) for i in items]
+    batch_id, _ = submit_batch(tenant=tenant.name, name=name, specs=specs)
+    return batch_id
+
+
+@router.post("/batches", status_code=status.HTTP_202_ACCEPTED)
+def create_batch(body: BatchCreate, session: SessionDep, tenant: TenantDep) -> BatchPublic:
+    """Submit many judgments as one batch (JSON); returns the batch id and its progress."""
+    batch_id = _submit(tenant, body.name, body.items)
+    return batch_public(session, owned_batch(session, tenant, batch_id))
+
+
+@router.post(
+    "/batches/jsonl",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra={"requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+)
+async def create_batch_jsonl(request: Request, tenant: TenantDep, name: str = "batch") -> dict[str, int]:
+    """Submit a batch as JSON Lines, one judgment object per line (blank lines ignored)."""
+    raw = (await request.body()).decode("utf-8", errors="replace")
+    items, errors = [], []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(JudgmentCreate.model_validate(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            errors.append(
+                {"loc": ["body", f"line {number}"], "msg": f"not JSON: {exc.msg}", "type": "json_invalid"}
+            )
+        except ValidationError as exc:
+            for err in exc.errors():
+                errors.append(
+                    {"loc": ["body", f"line {number}", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                )
+        if len(errors) >= 100:
+            break
+    if errors:
+        raise RequestValidationError(errors)
+    if not items:
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": "no judgments in the body", "type": "missing"}]
+        )
+    from fastapi.concurrency import run_in_threadpool
+
+    batch_id = await run_in_threadpool(_submit, tenant, name, items)
+    return {"id": batch_id, "total": len(items)}
+
+
+@router.get("/batches/{batch_id}")
+def read_batch(batch_id: int, session: SessionDep, tenant: TenantDep) -> BatchPublic:
+    """Batch progress: counts by status, finished or not."""
+    return batch_public(session, owned_batch(session, tenant, batch_id))
+
+
+@router.post("/batches/{batch_id}/cancel")
+def cancel(
+    batch_id: int, session: SessionDep, tenant: TenantDep, _: Annotated[None, Body()] = None
+) -> BatchPublic:
+    """Cancel the batch's judgments that no worker has started; the rest finish normally."""
+    batch = owned_batch(session, tenant, batch_id)
+    cancel_batch(session=session, batch_id=batch.id)  # type: ignore[arg-type]
+    session.flush()
+    return batch_public(session, batch)

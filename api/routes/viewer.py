@@ -1,0 +1,164 @@
+"""The result viewer: server-rendered pages (no front-end build), same keys as the API (cookie)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlmodel import Session, col, select
+
+from api.deps import KEY_COOKIE, SessionDep, api_key
+from api.routes.judgments import owned_batch, owned_judgment
+from models.keys import verify_key
+from models.ledger import batch_counts, batch_judgment_ids, dimensions_of
+from models.tables import TERMINAL_STATUSES, EndUser, Judgment, ReferencePair, Tenant, UserContext
+from models.users import find_user, list_references
+from tasks.runtime import get_resources
+from workers.errors import PigrewardError
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
+
+
+def viewer_tenant(
+    request: Request, session: SessionDep, key: Annotated[str | None, Depends(api_key)]
+) -> Tenant:
+    """Like the API's tenant check, but sends a person to the login page instead of a 401."""
+    tenant = verify_key(session=session, key=key) if key else None
+    if tenant is None:
+        target = quote(request.url.path)
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": f"/ui/login?next={target}"})
+    return tenant
+
+
+ViewerDep = Annotated[Tenant, Depends(viewer_tenant)]
+
+
+def _safe_next(value: str) -> str:
+    return value if value.startswith("/ui/") and "//" not in value else "/ui/login"
+
+
+def _login_response(session: Session, key: str, next_url: str, request: Request) -> Response:
+    if verify_key(session=session, key=key) is None:
+        return templates.TemplateResponse(
+            request, "login.html", {"error": "invalid API key", "next": next_url}, status_code=401
+        )
+    response = RedirectResponse(_safe_next(next_url), status_code=status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        KEY_COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(
+    request: Request, session: SessionDep, next: str = "/ui/login", key: str | None = None
+) -> Response:
+    """The login form. `?key=` logs in directly (scripts, headless browsers); prefer the form."""
+    if key:
+        return _login_response(session, key, next, request)
+    return templates.TemplateResponse(request, "login.html", {"error": None, "next": next})
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: SessionDep,
+    key: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/ui/login",
+) -> Response:
+    return _login_response(session, key, next, request)
+
+
+@router.get("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/ui/login", status_code=status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(KEY_COOKIE)
+    return response
+
+
+@router.get("/judgments/{judgment_id}", response_class=HTMLResponse)
+def judgment_page(judgment_id: int, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
+    row = owned_judgment(session, tenant, judgment_id)
+    dims = dimensions_of(session=session, judgment_id=judgment_id)
+    return templates.TemplateResponse(request, "judgment.html", {"tenant": tenant, "j": row, "dims": dims})
+
+
+@router.get("/users/{external_id}", response_class=HTMLResponse)
+def user_page(external_id: str, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
+    user = find_user(session=session, tenant_id=tenant.id, external_id=external_id)  # type: ignore[arg-type]
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
+    context = session.exec(
+        select(UserContext).where(UserContext.user_id == user.id).order_by(col(UserContext.id).desc())
+    ).first()
+    judgments = session.exec(
+        select(Judgment)
+        .where(Judgment.tenant_id == tenant.id, Judgment.user_ref == external_id)
+        .order_by(col(Judgment.id).desc())
+        .limit(50)
+    ).all()
+    refs = list_references(session=session, user_id=user.id)  # type: ignore[arg-type]
+    return templates.TemplateResponse(
+        request,
+        "user.html",
+        {"tenant": tenant, "user": user, "refs": refs, "context": context, "judgments": judgments},
+    )
+
+
+@router.get("/batches/{batch_id}", response_class=HTMLResponse)
+def batch_page(batch_id: int, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
+    batch = owned_batch(session, tenant, batch_id)
+    counts = batch_counts(session=session, batch_id=batch_id)
+    total = sum(counts.values())
+    finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+    ids = batch_judgment_ids(session=session, batch_id=batch_id)[:200]
+    rows = session.exec(select(Judgment).where(col(Judgment.id).in_(ids)).order_by(col(Judgment.id))).all()
+    return templates.TemplateResponse(
+        request,
+        "batch.html",
+        {
+            "tenant": tenant,
+            "batch": batch,
+            "counts": counts,
+            "total": total,
+            "finished": finished,
+            "percent": round(100 * finished / total) if total else 0,
+            "judgments": rows,
+        },
+    )
+
+
+@router.get("/images/{judgment_id}/{side}")
+def judgment_image(judgment_id: int, side: str, session: SessionDep, tenant: ViewerDep) -> Response:
+    row = owned_judgment(session, tenant, judgment_id)
+    if side not in ("a", "b"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
+    return _png(row.image_a_uri if side == "a" else row.image_b_uri)
+
+
+@router.get("/references/{reference_id}/{which}")
+def reference_image(reference_id: int, which: str, session: SessionDep, tenant: ViewerDep) -> Response:
+    ref = session.get(ReferencePair, reference_id)
+    owner = session.get(EndUser, ref.user_id) if ref else None
+    if ref is None or owner is None or owner.tenant_id != tenant.id or which not in ("chosen", "rejected"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
+    return _png(ref.chosen_uri if which == "chosen" else ref.rejected_uri)
+
+
+def _png(uri: str) -> Response:
+    """The normalized picture the models saw, as PNG (any stored format, any size)."""
+    try:
+        image = get_resources().loader.load(uri)
+    except PigrewardError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"image unavailable: {exc.message}") from exc
+    buf = io.BytesIO()
+    image.image.save(buf, format="PNG")
+    return Response(
+        buf.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+    )
