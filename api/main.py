@@ -5,11 +5,13 @@ uvicorn api.main:app        or        pigreward api --port 8000
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.routes import health, judgments, users, viewer
 from pigreward.settings import get_settings
+from tasks.metrics import CONTENT_TYPE_LATEST, render_latest
 
 
 class BodyLimit:
@@ -34,7 +36,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge()
+                raise _TooLarge(self.limit)
             return message
 
         try:
@@ -43,8 +45,11 @@ class BodyLimit:
             await _too_large(send, self.limit)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """An HTTPException, so FastAPI answers 413 even when it hits while parsing a JSON body."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -67,6 +72,12 @@ def create_app() -> FastAPI:
     app.include_router(users.router, prefix="/v1")
     app.include_router(judgments.router, prefix="/v1")
     app.include_router(viewer.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics of this API process (workers serve their own on PIGREWARD_METRICS_PORT)."""
+        return Response(render_latest(), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 

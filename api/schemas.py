@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from pigreward.settings import get_settings
 
@@ -100,7 +100,7 @@ class JudgmentCreate(Strict):
     image_b: ImageUri
     backend: BackendName | None = None
     protocol: ProtocolName | None = None
-    swap: bool | None = None
+    swap: StrictBool | None = None
 
     def options(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -300,6 +300,39 @@ def api_server(host: str, port: int, workers: int) -> None:
     uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--user",
+    envvar="PIGREWARD_FLOWER_USER",
+    default=None,
+    help="Basic-auth user (env PIGREWARD_FLOWER_USER).",
+)
+@click.option("--no-auth", is_flag=True, help="No basic auth (loopback address only).")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, user: str | None, no_auth: bool, extra: tuple[str, ...]) -> None:
+    """Start Flower on the configured broker, behind basic auth (password from PIGREWARD_FLOWER_PASSWORD)."""
+    import os
+
+    from ops.flower import run_flower
+
+    password = os.environ.get("PIGREWARD_FLOWER_PASSWORD")
+    auth = f"{user}:{password}" if user and password else None
+    try:
+        run_flower(
+            get_settings().broker_url,
+            port=port,
+            address=address,
+            basic_auth=auth,
+            extra=list(extra),
+            no_auth=no_auth,
+            exec_=True,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     upload_bucket: str | None = Field(
         None, description="Uploaded images go to this S3 bucket; None: under the image root (uploads/)."
     )
+    metrics_port: int | None = Field(
+        None, description="Workers serve Prometheus metrics on this port (one port per worker process)."
+    )
+    metrics_addr: str = Field("127.0.0.1", description="Address of the workers' metrics endpoint.")
     chunk_concurrency: int = Field(
         32, description="Judgments of one bulk chunk run at once (keeps LVLM servers busy)."
     )

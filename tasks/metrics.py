@@ -175,10 +175,14 @@ def start_metrics_server(port: int, addr: str = "127.0.0.1") -> bool:
 @worker_init.connect
 def _serve_from_worker(**_: object) -> None:
     """Start the metrics endpoint in a worker's main process when PIGREWARD_METRICS_PORT is set."""
-    port = os.environ.get(PORT_ENV, "").strip()
-    if not port:
+    from pydantic import ValidationError
+
+    from pigreward.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ValidationError:
+        log.error("metrics: %s is not a port number; the worker runs without metrics", PORT_ENV)
         return
-    if not port.isdigit():
-        log.error("metrics: %s=%r is not a port number; the worker runs without metrics", PORT_ENV, port)
-        return
-    start_metrics_server(int(port), os.environ.get(ADDR_ENV) or "127.0.0.1")
+    if settings.metrics_port:
+        start_metrics_server(settings.metrics_port, settings.metrics_addr)

@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
@@ -51,6 +52,32 @@ from workers.schemas import ContextData, ReferenceExample
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class JudgmentEvent:
+    """How one run of a judgment ended (`done`, `invalid`, `rejected` or `failed`), for observers."""
+
+    judgment_id: int
+    backend: str
+    status: str
+    attempt: int  # 1 on the first run of the row (retries and takeovers count up)
+    queue_wait_s: float | None  # ledger row created -> this run started
+    winner: str | None = None
+    invalid_reason: str | None = None
+    error_code: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class PipelineEvents:
+    """Observer of pipeline runs (e.g. tasks/metrics.py); this default does nothing.
+
+    Called in the worker thread that ran the judgment; an exception it raises is logged and ignored.
+    """
+
+    def judgment_finished(self, event: JudgmentEvent) -> None:
+        return None
+
+
 @dataclass
 class Resources:
     """What one worker process holds and reuses across tasks."""
@@ -60,6 +87,7 @@ class Resources:
     backend_for: Callable[[str, str | None], Backend]  # (backend name, protocol or None)
     lease_s: float = 3600.0  # a claim older than this is presumed dead (its worker crashed)
     max_attempts: int = 8  # claims of one row before it is failed (crash-loop guard)
+    events: PipelineEvents = field(default_factory=PipelineEvents)
 
 
 class JudgmentSummary(BaseModel):
@@ -157,6 +185,7 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
         record = _judge(res, job)
         with database_errors(), session_scope(res.engine) as session:
             finish_judgment(session=session, judgment_id=judgment_id, verdict=record, token=token)
+        _report(res, job, record.status, record=record)
         return JudgmentSummary(judgment_id=judgment_id, status=record.status, winner=record.winner)
     except ClaimLost as exc:
         log.warning("judgment %s: result dropped, %s", judgment_id, exc)
@@ -164,6 +193,7 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
             return _summary(get_judgment(session=session, judgment_id=judgment_id), skipped=True)
     except PermanentError as exc:
         _close(res.engine, judgment_id, JudgmentStatus.rejected, exc.code, exc.message, token)
+        _report(res, job, JudgmentStatus.rejected, error_code=exc.code)
         return JudgmentSummary(
             judgment_id=judgment_id, status=JudgmentStatus.rejected, error_code=exc.code, error=exc.message
         )
@@ -179,7 +209,41 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
             f"{type(exc).__name__}: {exc}",
             token,
         )
+        _report(res, job, JudgmentStatus.failed, error_code="internal_error")
         raise
+
+
+def _report(
+    res: Resources,
+    job: Judgment,
+    status: str,
+    record: VerdictRecord | None = None,
+    error_code: str | None = None,
+) -> None:
+    """Tell the observer how this run ended; an observer error never changes the outcome."""
+    try:
+        wait = None
+        if job.created_at and job.started_at:  # SQLite hands back naive UTC timestamps
+            start, created = (
+                t if t.tzinfo else t.replace(tzinfo=UTC) for t in (job.started_at, job.created_at)
+            )
+            wait = max(0.0, (start - created).total_seconds())
+        res.events.judgment_finished(
+            JudgmentEvent(
+                judgment_id=job.id,  # type: ignore[arg-type]
+                backend=job.backend,
+                status=str(status),
+                attempt=job.attempts,
+                queue_wait_s=wait,
+                winner=record.winner if record else None,
+                invalid_reason=record.invalid_reason if record else None,
+                error_code=error_code,
+                timings=dict(record.timings) if record else {},
+                usage=dict(record.usage) if record else {},
+            )
+        )
+    except Exception:
+        log.exception("pipeline observer failed for judgment %s", job.id)
 
 
 def _judge(res: Resources, job: Judgment) -> VerdictRecord:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -18,6 +18,8 @@ from pigreward.settings import get_settings
 from tasks.judging import judge, record, spec_from_call, submit_batch
 
 router = APIRouter(tags=["judgments"])
+MAX_ID = 2**31 - 1  # ids and offsets beyond the database's integer range are refused (422), not a 500
+DbId = Annotated[int, Path(ge=1, le=MAX_ID)]
 JUDGMENT_NOT_FOUND = "judgment not found"
 BATCH_NOT_FOUND = "batch not found"
 
@@ -94,7 +96,7 @@ def create_judgment(body: JudgmentCreate, session: SessionDep, tenant: TenantDep
 
 
 @router.get("/judgments/{judgment_id}")
-def read_judgment(judgment_id: int, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
+def read_judgment(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
     """One judgment with its dimensions, raw model output and versions."""
     return judgment_public(session, owned_judgment(session, tenant, judgment_id))
 
@@ -104,10 +106,10 @@ def read_judgments(
     session: SessionDep,
     tenant: TenantDep,
     user: str | None = None,
-    batch_id: int | None = None,
+    batch_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     status_: Annotated[JudgmentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[JudgmentPublic]:
     """List judgments by user, batch and status."""
     rows = list_judgments(
@@ -125,9 +127,7 @@ def read_judgments(
 def _submit(tenant: Tenant, name: str, items: list[JudgmentCreate]) -> int:
     limit = get_settings().api_max_batch
     if len(items) > limit:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"a batch holds at most {limit} judgments"
-        )
+        raise HTTPException(413, f"a batch holds at most {limit} judgments")
     specs = [spec_from_call(i.user, i.prompt, i.image_a, i.image_b, i.options(), tenant.name) for i in items]
     batch_id, _ = submit_batch(tenant=tenant.name, name=name, specs=specs)
     return batch_id
@@ -145,7 +145,9 @@ def create_batch(body: BatchCreate, session: SessionDep, tenant: TenantDep) -> B
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra={"requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
 )
-async def create_batch_jsonl(request: Request, tenant: TenantDep, name: str = "batch") -> dict[str, int]:
+async def create_batch_jsonl(
+    request: Request, tenant: TenantDep, name: Annotated[str, Query(min_length=1, max_length=200)] = "batch"
+) -> dict[str, int]:
     """Submit a batch as JSON Lines, one judgment object per line (blank lines ignored)."""
     raw = (await request.body()).decode("utf-8", errors="replace")
     items, errors = [], []
@@ -178,14 +180,14 @@ async def create_batch_jsonl(request: Request, tenant: TenantDep, name: str = "b
 
 
 @router.get("/batches/{batch_id}")
-def read_batch(batch_id: int, session: SessionDep, tenant: TenantDep) -> BatchPublic:
+def read_batch(batch_id: DbId, session: SessionDep, tenant: TenantDep) -> BatchPublic:
     """Batch progress: counts by status, finished or not."""
     return batch_public(session, owned_batch(session, tenant, batch_id))
 
 
 @router.post("/batches/{batch_id}/cancel")
 def cancel(
-    batch_id: int, session: SessionDep, tenant: TenantDep, _: Annotated[None, Body()] = None
+    batch_id: DbId, session: SessionDep, tenant: TenantDep, _: Annotated[None, Body()] = None
 ) -> BatchPublic:
     """Cancel the batch's judgments that no worker has started; the rest finish normally."""
     batch = owned_batch(session, tenant, batch_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from sqlmodel import col, func, select
 
 from api.deps import SessionDep, TenantDep
@@ -55,11 +55,14 @@ def create_user(body: UserCreate, session: SessionDep, tenant: TenantDep) -> Use
 
 
 @router.get("")
-def get_users(session: SessionDep, tenant: TenantDep, limit: int = 100, offset: int = 0) -> list[UserPublic]:
+def get_users(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> list[UserPublic]:
     """List the tenant's end users."""
-    rows = list_users(
-        session=session, tenant_id=tenant.id, limit=min(max(limit, 1), 1000), offset=max(offset, 0)
-    )  # type: ignore[arg-type]
+    rows = list_users(session=session, tenant_id=tenant.id, limit=limit, offset=offset)  # type: ignore[arg-type]
     return [_public(session, u) for u in rows]
 
 
@@ -166,13 +169,11 @@ def _store_upload(tenant: Tenant, upload: UploadFile, field: str) -> str:
     settings = get_settings()
     data = upload.file.read(settings.max_image_bytes + 1)
     if len(data) > settings.max_image_bytes:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"{field}: image over {settings.max_image_bytes} bytes"
-        )
+        raise HTTPException(413, f"{field}: image over {settings.max_image_bytes} bytes")
     try:
         img = normalize(data, upload.filename or field, ImageLimits(max_pixels=settings.max_image_pixels))
     except PermanentError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"{field}: {exc.message}") from exc
+        raise HTTPException(422, f"{field}: {exc.message}") from exc
     name = f"uploads/{tenant.id}/{hashlib.sha256(data).hexdigest()}.{img.format.lower()}"
     store = get_resources().loader.store
     if settings.upload_bucket:
