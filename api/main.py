@@ -9,6 +9,7 @@ from fastapi import FastAPI, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.metrics import RequestMetrics
 from api.routes import health, judgments, users, viewer
 from pigreward.settings import get_settings
 from tasks.metrics import CONTENT_TYPE_LATEST, render_latest
@@ -68,6 +69,7 @@ def create_app() -> FastAPI:
         summary="Personalized pairwise judging of text-to-image outputs (PIGReward) as a batch job queue.",
     )
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(users.router, prefix="/v1")
     app.include_router(judgments.router, prefix="/v1")

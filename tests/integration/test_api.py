@@ -947,3 +947,17 @@ def test_deleting_a_user_removes_their_data_and_nothing_else(stack: Stack, clien
     assert remaining["counts"] == {"done": 2} and remaining["finished"] is True
     assert neighbour.ok("GET", "/v1/users/drop")["references"] == 6
     assert neighbour.ok("GET", f"/v1/judgments/{neighbour_row['id']}")["status"] == "done"
+
+
+def test_metrics_endpoint_counts_requests_by_route_template(stack) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    client = TestClient(create_app())
+    client.get("/v1/judgments/12345", headers={"Authorization": "Bearer pgr_x_y"})
+    text = client.get("/metrics").text
+    assert (
+        'pigreward_api_requests_total{method="GET",route="/v1/judgments/{judgment_id}",status="401"}' in text
+    )
+    assert "pigreward_api_request_seconds_bucket" in text and "pigreward_judgments_total" in text
