@@ -205,6 +205,7 @@ class Judgment(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)
     attempts: int = 0
     claim_token: str | None = Field(default=None, max_length=200)  # who runs it now (Celery task id)
+    flagged_at: datetime | None = _ts(nullable=True)  # a person asked for it to be judged again
     timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     usage: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts()
@@ -224,3 +225,80 @@ class DimensionScore(SQLModel, table=True):
     score_a: float
     score_b: float
     reason: str = Field(default="", sa_type=sa.Text)
+
+
+class JudgmentHistory(SQLModel, table=True):
+    """A verdict that was replaced by a re-scoring: the old result, kept whole."""
+
+    __tablename__ = "judgment_history"
+    id: int | None = Field(default=None, primary_key=True)
+    judgment_id: int = Field(foreign_key="judgment.id", index=True)
+    run_id: int | None = Field(default=None, foreign_key="rescore_run.id", index=True)
+    reason: str = Field(max_length=64)
+    snapshot: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    archived_at: datetime = _ts()
+
+
+class RescoreRun(SQLModel, table=True):
+    """One re-scoring job (nightly or by hand); `run_key` makes a second run of the same night a no-op."""
+
+    __tablename__ = "rescore_run"
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(max_length=100, unique=True)
+    status: str = Field(default="running", max_length=16)  # running | done | failed
+    requeued: int = 0
+    by_reason: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class OptimizationRun(SQLModel, table=True):
+    """One personalized prompt optimization: a user, a base prompt, rounds of candidates."""
+
+    __tablename__ = "optimization_run"
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    user_ref: str = Field(max_length=200)
+    base_prompt: str = Field(sa_type=sa.Text)
+    backend: str = Field(max_length=32)
+    rewriter: str = Field(max_length=32)
+    generator: str = Field(max_length=32)
+    rounds: int
+    k: int
+    status: str = Field(default="queued", max_length=16)  # queued | running | done | failed
+    rounds_done: int = 0
+    best_prompt: str | None = Field(default=None, sa_type=sa.Text)
+    best_win_rate: float | None = None  # the judge's win rate of the best prompt against the base prompt
+    eval_comparisons: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class OptimizationCandidate(SQLModel, table=True):
+    __tablename__ = "optimization_candidate"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="optimization_run.id", index=True)
+    round: int
+    prompt: str = Field(sa_type=sa.Text)
+    image_uri: str = Field(max_length=2048)
+    seed: int
+    wins: float = 0.0
+    games: int = 0
+    created_at: datetime = _ts()
+
+
+class OptimizationPair(SQLModel, table=True):
+    """One pairwise judgment between two candidates of a round (both orders when the judge swaps)."""
+
+    __tablename__ = "optimization_pair"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="optimization_run.id", index=True)
+    round: int
+    candidate_a_id: int = Field(foreign_key="optimization_candidate.id")
+    candidate_b_id: int = Field(foreign_key="optimization_candidate.id")
+    judgment_id: int = Field(foreign_key="judgment.id", index=True)
+    winner: str | None = Field(default=None, max_length=16)

@@ -5,7 +5,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from models.tables import BatchItem, DimensionScore, EndUser, Judgment, ReferencePair, Tenant, UserContext
+from models.tables import (
+    BatchItem,
+    DimensionScore,
+    EndUser,
+    Judgment,
+    JudgmentHistory,
+    OptimizationCandidate,
+    OptimizationPair,
+    OptimizationRun,
+    ReferencePair,
+    Tenant,
+    UserContext,
+)
 from models.upsert import insert_ignore, natural_key
 
 
@@ -81,6 +93,15 @@ def delete_user(*, session: Session, tenant_id: int, external_id: str) -> dict[s
     )
     judgment_ids = select(Judgment.id).where(mine)
     session.execute(sa.delete(BatchItem).where(col(BatchItem.judgment_id).in_(judgment_ids)))
+    session.execute(sa.delete(JudgmentHistory).where(col(JudgmentHistory.judgment_id).in_(judgment_ids)))
+    runs = select(OptimizationRun.id).where(
+        OptimizationRun.tenant_id == tenant_id, OptimizationRun.user_ref == external_id
+    )
+    session.execute(sa.delete(OptimizationPair).where(col(OptimizationPair.run_id).in_(runs)))
+    session.execute(sa.delete(OptimizationCandidate).where(col(OptimizationCandidate.run_id).in_(runs)))
+    optimization_runs = session.execute(
+        sa.delete(OptimizationRun).where(col(OptimizationRun.id).in_(runs))
+    ).rowcount  # type: ignore[attr-defined]
     counts = {
         "dimension_scores": session.execute(
             sa.delete(DimensionScore).where(col(DimensionScore.judgment_id).in_(judgment_ids))
@@ -93,6 +114,7 @@ def delete_user(*, session: Session, tenant_id: int, external_id: str) -> dict[s
             sa.delete(ReferencePair).where(col(ReferencePair.user_id) == user.id)
         ).rowcount,  # type: ignore[attr-defined]
     }
+    counts["optimization_runs"] = optimization_runs
     session.delete(user)
     session.flush()
     return counts

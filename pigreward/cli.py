@@ -333,6 +333,67 @@ def flower(port: int, address: str, user: str | None, no_auth: bool, extra: tupl
         raise click.UsageError(str(exc)) from exc
 
 
+@main.command()
+@click.option("--since", default=None, help="Only judgments finished since this ISO date/time.")
+@click.option("--run-key", default=None, help="Run identity (default: tonight's, nightly-YYYY-MM-DD).")
+@click.option("--dry-run", is_flag=True, help="Only count what is stale, by reason.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the re-scored judgments.")
+@click.option("--no-progress", is_flag=True, help="No progress bars on stderr.")
+def rescore(since: str | None, run_key: str | None, dry_run: bool, wait: bool, no_progress: bool) -> None:
+    """Re-score judgments whose model, template or user context changed, or that were flagged."""
+    import contextlib
+    from datetime import datetime
+
+    from pigreward.progress import wait_for_judgments
+    from tasks import app
+    from tasks.embedded import embedded_worker
+    from tasks.rescoring import nightly_key, send_to_bulk
+    from tasks.runtime import get_resources
+    from workers.rescore import run_rescore
+
+    settings = get_settings()
+    res = get_resources()
+    worker = embedded_worker(app) if settings.embedded_broker and not dry_run else contextlib.nullcontext()
+    with worker:
+        report = run_rescore(
+            res,
+            run_key=run_key or nightly_key(),
+            send=send_to_bulk,
+            since=datetime.fromisoformat(since) if since else None,
+            dry_run=dry_run,
+        )
+        if report.requeued_ids and wait and (settings.embedded_broker or not dry_run):
+            wait_for_judgments(res.engine, report.requeued_ids, desc="re-scoring", progress=not no_progress)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.by_reason.items())) or "none"
+    if dry_run:
+        click.echo(f"dry run: {sum(report.by_reason.values())} stale of {report.scanned} scanned ({reasons})")
+    elif report.already_done:
+        click.echo(
+            f"run {report.run_key} already finished ({report.requeued} re-scored: {reasons}); nothing added"
+        )
+    else:
+        click.echo(
+            f"run {report.run_key}: {report.requeued} re-scored of {report.scanned} scanned ({reasons})"
+        )
+    for backend, why in report.skipped_backends.items():
+        click.echo(f"skipped {backend}: versions unknown ({why})", err=True)
+
+
+@main.command()
+@click.argument("judgment_id", type=int)
+def flag(judgment_id: int) -> None:
+    """Flag a judgment for re-scoring (the next rescore run judges it again)."""
+    from models.db import session_scope
+    from models.rescore import flag_judgment
+    from tasks.runtime import get_resources
+
+    with session_scope(get_resources().engine) as session:
+        row = flag_judgment(session=session, judgment_id=judgment_id)
+    if row is None:
+        raise click.ClickException(f"no judgment {judgment_id}")
+    click.echo(f"judgment {judgment_id} flagged")
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

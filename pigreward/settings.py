@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     upload_bucket: str | None = Field(
         None, description="Uploaded images go to this S3 bucket; None: under the image root (uploads/)."
     )
+    rescore_hour: int = Field(3, ge=0, le=23, description="Nightly re-scoring time (UTC hour), Celery beat.")
+    rescore_minute: int = Field(0, ge=0, le=59)
     metrics_port: int | None = Field(
         None, description="Workers serve Prometheus metrics on this port (one port per worker process)."
     )

@@ -2,6 +2,16 @@
 
 from tasks.app import app
 from tasks.contexts import bootstrap_context
-from tasks.judging import judge, judge_chunk, reconcile, submit_judgments
+from tasks.judging import judge, judge_chunk, reconcile, submit_batch, submit_judgments
+from tasks.rescoring import rescore_stale
 
-__all__ = ["app", "bootstrap_context", "judge", "judge_chunk", "reconcile", "submit_judgments"]
+__all__ = [
+    "app",
+    "bootstrap_context",
+    "judge",
+    "judge_chunk",
+    "reconcile",
+    "rescore_stale",
+    "submit_batch",
+    "submit_judgments",
+]

@@ -7,6 +7,7 @@ Queues: `context` (bootstrap a user's context), `judge` (interactive judgments),
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue
 
 from pigreward.settings import Settings, get_settings
@@ -17,6 +18,8 @@ ROUTES = {
     "pigreward.judge": {"queue": "judge"},
     "pigreward.judge_chunk": {"queue": "bulk"},
     "pigreward.reconcile": {"queue": "bulk"},
+    "pigreward.rescore_stale": {"queue": "bulk"},
+    "pigreward.optimize_prompt": {"queue": "optimize"},
 }
 
 
@@ -48,12 +51,16 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         "beat_schedule": {
             "reconcile-stale-judgments": {"task": "pigreward.reconcile", "schedule": 900.0},
+            "nightly-rescore": {
+                "task": "pigreward.rescore_stale",
+                "schedule": crontab(hour=settings.rescore_hour, minute=settings.rescore_minute),
+            },
         },
     }
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    app = Celery("pigreward", include=["tasks.judging", "tasks.contexts"])
+    app = Celery("pigreward", include=["tasks.judging", "tasks.contexts", "tasks.rescoring"])
     app.conf.update(celery_config(settings or get_settings()))
     return app
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +13,7 @@ from sqlmodel import Session
 from api.deps import SessionDep, TenantDep
 from api.schemas import BatchCreate, BatchPublic, DimensionPublic, JudgmentCreate, JudgmentPublic
 from models.ledger import batch_counts, cancel_batch, dimensions_of, get_judgment, list_judgments
+from models.rescore import flag_judgment, history_of
 from models.tables import TERMINAL_STATUSES, Batch, Judgment, JudgmentStatus, Tenant
 from pigreward.settings import get_settings
 from tasks.judging import judge, record, spec_from_call, submit_batch
@@ -99,6 +100,25 @@ def create_judgment(body: JudgmentCreate, session: SessionDep, tenant: TenantDep
 def read_judgment(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
     """One judgment with its dimensions, raw model output and versions."""
     return judgment_public(session, owned_judgment(session, tenant, judgment_id))
+
+
+@router.post("/judgments/{judgment_id}/flag")
+def flag(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
+    """Ask for this judgment to be judged again by the next re-scoring run (its verdict is kept as history)."""
+    row = owned_judgment(session, tenant, judgment_id)
+    flag_judgment(session=session, judgment_id=row.id)  # type: ignore[arg-type]
+    session.flush()
+    return judgment_public(session, row)
+
+
+@router.get("/judgments/{judgment_id}/history")
+def history(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> list[dict[str, Any]]:
+    """Earlier verdicts of this judgment, replaced by re-scoring runs (oldest first)."""
+    row = owned_judgment(session, tenant, judgment_id)
+    return [
+        {"archived_at": h.archived_at, "reason": h.reason, "run_id": h.run_id, "verdict": h.snapshot}
+        for h in history_of(session=session, judgment_id=row.id)  # type: ignore[arg-type]
+    ]
 
 
 @router.get("/judgments")

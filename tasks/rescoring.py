@@ -1,0 +1,45 @@
+"""Nightly bulk re-scoring (queue `bulk`): the beat entry and `pigreward rescore` share this task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task
+
+from tasks.app import app
+from tasks.judging import judge_chunk
+from tasks.runtime import get_resources
+from workers.rescore import run_rescore
+
+
+def nightly_key(now: datetime | None = None) -> str:
+    return f"nightly-{(now or datetime.now(UTC)):%Y-%m-%d}"
+
+
+def send_to_bulk(judgment_ids: Sequence[int]) -> None:
+    judge_chunk.apply_async(args=(list(judgment_ids),), queue="bulk")
+
+
+@app.task(bind=True, name="pigreward.rescore_stale", max_retries=0)
+def rescore_stale(
+    self: Task, run_key: str | None = None, since: str | None = None, dry_run: bool = False
+) -> dict[str, Any]:
+    """Re-queue stale judgments (new model, template or context; flagged) in chunks on `bulk`."""
+    report = run_rescore(
+        get_resources(),
+        run_key=run_key or nightly_key(),
+        send=send_to_bulk,
+        since=datetime.fromisoformat(since) if since else None,
+        dry_run=dry_run,
+    )
+    return {
+        "run_key": report.run_key,
+        "requeued": report.requeued,
+        "by_reason": report.by_reason,
+        "scanned": report.scanned,
+        "already_done": report.already_done,
+        "skipped_backends": report.skipped_backends,
+        "dry_run": report.dry_run,
+    }

@@ -1,0 +1,132 @@
+"""Nightly re-scoring on the real stack: exactly the stale set, once; history kept; crash resume."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from models.db import session_scope
+from models.rescore import flag_judgment, history_of
+from models.tables import Judgment, JudgmentHistory, RescoreRun
+from models.users import add_reference, find_tenant, find_user
+from pigreward.progress import wait_for_judgments
+from tasks import judge, rescore_stale
+from tasks.rescoring import send_to_bulk
+from tasks.runtime import get_resources
+from tests.integration.helpers import image, user_who_likes_warm
+from workers.rescore import run_rescore
+
+USERS = ["rs-a", "rs-b", "rs-c", "rs-d"]
+
+
+@pytest.fixture(scope="module")
+def judged(stack):  # type: ignore[no-untyped-def]
+    """Three judgments for each of four users, all done."""
+    uris = [image(stack, f"rescore/{i}.png", warmth=i / 5, seed=800 + i) for i in range(6)]
+    results = []
+    for user in USERS:
+        user_who_likes_warm(stack, user)
+        results += [judge.delay(user, f"p{i}", uris[i], uris[5 - i]) for i in range(3)]
+    ids = [r.get(timeout=120)["judgment_id"] for r in results]
+    assert wait_for_judgments(get_resources().engine, ids, progress=False, timeout_s=60) == {"done": len(ids)}
+    return {user: ids[3 * n : 3 * n + 3] for n, user in enumerate(USERS)}
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    return get_resources().engine
+
+
+def _history_counts(ids: list[int]) -> dict[int, int]:
+    with session_scope(_engine()) as session:
+        return {jid: len(history_of(session=session, judgment_id=jid)) for jid in ids}
+
+
+def test_exactly_the_stale_set_is_rescored_once(stack, judged) -> None:  # type: ignore[no-untyped-def]
+    everyone = [jid for ids in judged.values() for jid in ids]
+    # the template version changed for users a and b (their verdicts came from an older template)
+    with session_scope(_engine()) as session:
+        session.execute(
+            sa.update(Judgment)
+            .where(col(Judgment.id).in_(judged["rs-a"] + judged["rs-b"]))
+            .values(template_version="lite-v0")
+        )
+        flag_judgment(session=session, judgment_id=judged["rs-d"][0])  # a person flagged one of d's
+    stale = set(judged["rs-a"] + judged["rs-b"] + judged["rs-d"][:1])
+
+    dry = rescore_stale.delay(run_key="test-night-1", dry_run=True).get(timeout=60)
+    assert dry["by_reason"] == {"template": 6, "flagged": 1} and dry["requeued"] == 0
+
+    first = rescore_stale.delay(run_key="test-night-1").get(timeout=120)
+    assert first["requeued"] == len(stale) and first["by_reason"] == {"template": 6, "flagged": 1}
+    assert wait_for_judgments(_engine(), everyone, progress=False, timeout_s=120) == {"done": len(everyone)}
+    counts = _history_counts(everyone)
+    assert {jid for jid, n in counts.items() if n} == stale and max(counts.values()) == 1
+    with session_scope(_engine()) as session:
+        rows = {j.id: j for j in session.exec(select(Judgment).where(col(Judgment.id).in_(everyone)))}
+        old = history_of(session=session, judgment_id=judged["rs-a"][0])[0]
+    assert all(rows[jid].template_version == "lite-v1" for jid in stale)  # the current template now
+    assert (
+        old.snapshot["template_version"] == "lite-v0"
+        and old.snapshot["dimensions"]
+        and old.reason == "template"
+    )
+    assert rows[judged["rs-d"][0]].flagged_at is None
+
+    again = rescore_stale.delay(run_key="test-night-1").get(timeout=60)  # the same night: nothing added
+    assert again["already_done"] and again["requeued"] == len(stale)
+    next_night = rescore_stale.delay(run_key="test-night-2").get(timeout=60)  # nothing is stale any more
+    assert next_night["requeued"] == 0 and not next_night["already_done"]
+    assert _history_counts(everyone) == counts
+
+
+def test_a_new_reference_makes_the_users_judgments_stale_by_context(stack, judged) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(_engine()) as session:
+        tenant = find_tenant(session=session, name="default")
+        user = find_user(session=session, tenant_id=tenant.id, external_id="rs-c")  # type: ignore[union-attr,arg-type]
+        add_reference(
+            session=session,
+            user_id=user.id,  # type: ignore[union-attr,arg-type]
+            prompt="one more",
+            chosen_uri=image(stack, "rescore/extra-warm.png", warmth=0.95, seed=900),
+            rejected_uri=image(stack, "rescore/extra-cool.png", warmth=0.05, seed=901),
+        )
+    report = rescore_stale.delay(run_key="test-context").get(timeout=120)
+    assert report["by_reason"] == {"context": 3} and report["requeued"] == 3
+    assert wait_for_judgments(_engine(), judged["rs-c"], progress=False, timeout_s=120) == {"done": 3}
+
+
+def test_a_crashed_run_resumes_where_it_stopped(stack, judged) -> None:  # type: ignore[no-untyped-def]
+    ids = judged["rs-a"] + judged["rs-b"]
+    with session_scope(_engine()) as session:
+        session.execute(
+            sa.update(Judgment).where(col(Judgment.id).in_(ids)).values(template_version="lite-v0")
+        )
+    before = _history_counts(ids)
+    sent: list[list[int]] = []
+
+    def dies_after_first_chunk(chunk) -> None:  # type: ignore[no-untyped-def]
+        if sent:
+            raise RuntimeError("worker host lost power")
+        sent.append(list(chunk))
+        send_to_bulk(chunk)
+
+    with pytest.raises(RuntimeError):
+        run_rescore(get_resources(), run_key="test-crash", send=dies_after_first_chunk, chunk_size=2)
+    with session_scope(_engine()) as session:
+        run = session.exec(select(RescoreRun).where(RescoreRun.run_key == "test-crash")).one()
+        assert run.status == "running"
+    # the second chunk's rows were archived and re-queued before the send failed: reconcile would
+    # re-send them; here the resumed run's own pass must not archive anything twice
+    resumed = rescore_stale.delay(run_key="test-crash").get(timeout=120)
+    assert resumed["requeued"] == 6 and not resumed["already_done"]
+    rescued = [jid for jid in ids if jid not in sent[0]]
+    from tasks import reconcile
+
+    reconcile.delay(queued_for_s=0).get(timeout=60)
+    assert wait_for_judgments(_engine(), ids, progress=False, timeout_s=120) == {"done": 6}
+    after = _history_counts(ids)
+    assert all(after[jid] == before[jid] + 1 for jid in ids), (before, after, rescued)
+    with session_scope(_engine()) as session:
+        n = session.exec(select(sa.func.count()).select_from(JudgmentHistory)).one()
+    assert n >= 6
