@@ -395,6 +395,128 @@ def flag(judgment_id: int) -> None:
 
 
 @main.group()
+def optimize() -> None:
+    """Personalized prompt optimization."""
+
+
+@optimize.command("run")
+@click.option("--user", required=True)
+@click.option("--prompt", required=True, help="The base prompt to improve for this user.")
+@click.option("--rounds", default=3, show_default=True)
+@click.option("-k", "--candidates", "k", default=4, show_default=True, help="Rewrites proposed per round.")
+@click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None, help="Judge backend (default: settings)."
+)
+@click.option("--eval-seeds", default=8, show_default=True, help="Fresh images per side for best vs base.")
+@click.option("--no-progress", is_flag=True)
+def optimize_run(
+    user: str, prompt: str, rounds: int, k: int, backend: str | None, eval_seeds: int, no_progress: bool
+) -> None:
+    """Optimize PROMPT for USER through the `optimize` queue and print the best prompt."""
+    import contextlib
+    import time
+
+    from models.db import session_scope, upgrade
+    from models.tables import OptimizationRun
+    from pigreward.progress import bar
+    from tasks import app
+    from tasks.embedded import embedded_worker
+    from tasks.optimizing import start_optimization
+    from tasks.runtime import get_resources
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    worker = embedded_worker(app) if settings.embedded_broker else contextlib.nullcontext()
+    with worker:
+        run_id = start_optimization(
+            user=user, prompt=prompt, rounds=rounds, k=k, backend=backend, eval_seeds=eval_seeds
+        )
+        with bar(rounds, f"optimization {run_id}", not no_progress, unit="round") as pbar:
+            while True:
+                with session_scope(get_resources().engine) as session:
+                    run = session.get(OptimizationRun, run_id)
+                assert run is not None
+                pbar.update(run.rounds_done - pbar.n)
+                if run.status in ("done", "failed"):
+                    break
+                time.sleep(0.3)
+    if run.status == "failed":
+        raise click.ClickException(f"optimization {run_id} failed: {run.error}")
+    rate = (
+        f"{100 * run.best_win_rate:.0f}% of {run.eval_comparisons}"
+        if run.best_win_rate is not None
+        else "n/a"
+    )
+    click.echo(f"run {run_id}: {run.rounds_done} rounds; best prompt: {run.best_prompt}")
+    click.echo(f"best vs base prompt, judged for {user}: wins {rate} comparisons")
+    click.echo(f"DPO pairs: pigreward optimize export {run_id}")
+
+
+@optimize.command("export")
+@click.argument("run_id", type=int)
+@click.option("-o", "--output", type=click.File("w"), default="-", help="JSONL file (default stdout).")
+def optimize_export(run_id: int, output) -> None:  # type: ignore[no-untyped-def]
+    """Preferred/rejected prompt pairs of a run as DPO JSONL (prompt, chosen, rejected, user, evidence)."""
+    from models.db import session_scope
+    from models.optimization import export_pairs
+    from tasks.runtime import get_resources
+
+    with session_scope(get_resources().engine) as session:
+        rows = export_pairs(session=session, run_id=run_id)
+    for row in rows:
+        output.write(json.dumps(row, ensure_ascii=False) + "\n")
+    click.echo(f"{len(rows)} pairs", err=True)
+
+
+@optimize.command("show")
+@click.argument("run_id", type=int)
+def optimize_show(run_id: int) -> None:
+    """A run's status and its candidates per round (prompt, image URI, wins/games)."""
+    from models.db import session_scope
+    from models.optimization import candidates_of
+    from models.tables import OptimizationRun
+    from tasks.runtime import get_resources
+
+    with session_scope(get_resources().engine) as session:
+        run = session.get(OptimizationRun, run_id)
+        if run is None:
+            raise click.ClickException(f"no optimization run {run_id}")
+        cands = candidates_of(session=session, run_id=run_id)
+    click.echo(f"run {run_id} for {run.user_ref}: {run.status}, {run.rounds_done}/{run.rounds} rounds")
+    click.echo(f"base: {run.base_prompt}\nbest: {run.best_prompt}")
+    for c in cands:
+        click.echo(f"r{c.round}\t{c.wins:g}/{c.games}\tseed {c.seed}\t{c.image_uri}\t{c.prompt}")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print figures."""
+
+
+@bench.command("optimize")
+@click.option("--users", default=6, show_default=True, help="Simulated users (opposite-taste pairs).")
+@click.option("--rounds", default=3, show_default=True)
+@click.option("-k", "--candidates", "k", default=4, show_default=True)
+@click.option("--held-out", default=50, show_default=True, help="Held-out comparisons per user.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def bench_optimize(users: int, rounds: int, k: int, held_out: int, seed: int, no_progress: bool) -> None:
+    """Optimize prompts for simulated users; the hidden taste judges final vs base prompt images."""
+    from bench.optimize import render, run_bench
+
+    outcomes = run_bench(
+        get_settings(),
+        users=users,
+        rounds=rounds,
+        k=k,
+        held_out=held_out,
+        seed=seed,
+        progress=not no_progress,
+    )
+    click.echo(render(outcomes))
+
+
+@main.group()
 def db() -> None:
     """Database schema."""
 

@@ -103,6 +103,21 @@ class Settings(BaseSettings):
     upload_bucket: str | None = Field(
         None, description="Uploaded images go to this S3 bucket; None: under the image root (uploads/)."
     )
+    optimize_rewriter: str = Field("modifier", description="Prompt rewriter: modifier (CPU) or llm.")
+    optimize_generator: str = Field(
+        "procedural",
+        description="Image generator: procedural (CPU), openai (/v1/images/generations), external.",
+    )
+    optimize_output: str = Field(
+        "file://optimize",
+        description="Where generated images go: file://dir under the image root or s3://bucket/prefix.",
+    )
+    optimize_image_url: str | None = Field(None, description="OpenAI-compatible image generation server.")
+    optimize_image_model: str | None = None
+    optimize_llm_url: str | None = Field(
+        None, description="OpenAI-compatible text model for the llm rewriter."
+    )
+    optimize_llm_model: str | None = None
     rescore_hour: int = Field(3, ge=0, le=23, description="Nightly re-scoring time (UTC hour), Celery beat.")
     rescore_minute: int = Field(0, ge=0, le=59)
     metrics_port: int | None = Field(

@@ -60,7 +60,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    app = Celery("pigreward", include=["tasks.judging", "tasks.contexts", "tasks.rescoring"])
+    app = Celery(
+        "pigreward", include=["tasks.judging", "tasks.contexts", "tasks.rescoring", "tasks.optimizing"]
+    )
     app.conf.update(celery_config(settings or get_settings()))
     return app
 

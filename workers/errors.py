@@ -14,7 +14,8 @@
     └── TransientError          worth retrying with backoff (Celery `autoretry_for` names this branch)
         ├── StoreUnavailable    S3 / disk connection problems, throttling
         ├── DatabaseUnavailable connection lost, deadlock, serialization failure
-        └── BackendUnavailable  model server down, 429, 5xx, timeouts
+        ├── BackendUnavailable  model server down, 429, 5xx, timeouts
+        └── ImageNotReady       an external generator has not written the requested image yet
 
 Each class carries a stable `code` that is stored in `judgment.error_code`.
 """
@@ -84,3 +85,7 @@ class DatabaseUnavailable(TransientError):
 
 class BackendUnavailable(TransientError):
     code = "backend_unavailable"
+
+
+class ImageNotReady(TransientError):
+    code = "image_not_ready"

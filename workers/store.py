@@ -7,9 +7,11 @@ make a worker fetch arbitrary URLs or files.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +91,57 @@ class ImageStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return f"file://{path.relative_to(self.root)}"
+
+    def put(self, uri: str, data: bytes) -> str:
+        """Write bytes AT `uri` (s3://bucket/key, or file:// / a plain path inside the root) and
+        return `uri` unchanged. The same refusals as reading apply (scheme, bucket allow-list, root
+        confinement), and data over `max_bytes` is refused (it could never be read back). Files are
+        written to a temporary sibling and renamed into place, so a reader never sees half an image.
+        """
+        if len(data) > self.config.max_bytes:
+            raise ImageTooLarge(f"{len(data)} bytes for {uri!r}, over the limit of {self.config.max_bytes}")
+        if uri.startswith("s3://"):
+            self._put_s3(*split_s3(uri), data)
+            return uri
+        if "://" in uri and not uri.startswith("file://"):
+            scheme = uri.split("://", 1)[0]
+            raise ForbiddenLocation(f"unsupported image location scheme {scheme!r}: use s3:// or file://")
+        path = self.resolve_file(uri)
+        if path == self.root or path.is_dir():
+            raise ForbiddenLocation(f"{uri!r} names a folder, not a file")
+        tmp: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.resolve().is_relative_to(self.root):  # a symlinked folder raced in
+                raise ForbiddenLocation(f"{uri!r} resolves outside the image root {str(self.root)!r}")
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), 0o644)  # mkstemp's 0600 would hide it from other readers
+                fh.write(data)
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            raise StoreUnavailable(f"could not write {str(path)!r}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        return uri
+
+    def _put_s3(self, bucket: str, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
+            raise ForbiddenLocation(f"bucket {bucket!r} is not in the allowed buckets")
+        try:
+            self.s3.put_object(Bucket=bucket, Key=key, Body=data)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _FORBIDDEN_CODES or code == "NoSuchBucket":
+                raise ForbiddenLocation(f"cannot write s3://{bucket}/{key} ({code})") from exc
+            raise StoreUnavailable(f"S3 error writing s3://{bucket}/{key}: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 unreachable writing s3://{bucket}/{key}: {exc}") from exc
 
     def _read_file(self, path: Path) -> bytes:
         """Read at most max_bytes + 1 bytes, refusing a symlink swapped in after `resolve_file`."""

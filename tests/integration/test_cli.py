@@ -285,3 +285,17 @@ def test_check_reports_readiness_and_identity(tmp_path: Path) -> None:
         env={"PIGREWARD_SGLANG_URL": "http://127.0.0.1:9", "PIGREWARD_SGLANG_MAX_ATTEMPTS": "1"},
     )
     assert down.returncode == 1 and "NOT READY" in down.stdout and "not usable" in down.stderr
+
+
+def test_bench_optimize_meets_the_70_percent_goal(tmp_path: Path) -> None:
+    out = run_cli(tmp_path, "bench", "optimize", "--users", "4", "--held-out", "40", "--no-progress")
+    share = float(re.search(r"final prompt preferred: ([\d.]+)%", out.stdout).group(1))  # type: ignore[union-attr]
+    assert share >= 70.0, out.stdout
+    assert "held-out comparisons: 160" in out.stdout
+    shown = run_cli(tmp_path, "optimize", "show", "1")
+    assert "done" in shown.stdout and "file://optimize/1/r1-c0.png" in shown.stdout
+    exported = run_cli(tmp_path, "optimize", "export", "1")
+    import json
+
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert rows and {"prompt", "chosen", "rejected", "user", "evidence"} <= set(rows[0])

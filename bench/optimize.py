@@ -1,0 +1,125 @@
+"""`pigreward bench optimize`: does personalized prompt optimization make images this user prefers?
+
+Simulated users from the synthetic generator (hidden taste known, defined on drawing parameters)
+get their references registered; each run optimizes a base prompt with the CPU modifier rewriter,
+the procedural generator and the `lite` judge through the queue. Held-out comparisons then draw the
+final prompt and the base prompt on fresh seeds, and the HIDDEN taste (not the judge) says which image
+the user prefers. Goal: the final prompt wins at least 70% of held-out comparisons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from models.db import session_scope, upgrade
+from models.tables import OptimizationRun
+from models.users import add_reference, ensure_tenant, ensure_user
+from pigreward import synthetic
+from pigreward.progress import bar
+from pigreward.settings import Settings
+from tasks import app
+from tasks.embedded import embedded_worker
+from tasks.optimizing import start_optimization
+from tasks.runtime import get_resources
+from workers.optimize.generators import draw_params
+
+BASE_PROMPTS = ("a quiet harbour at dawn", "a bowl of fruit on a table", "a city street after rain")
+
+
+@dataclass
+class UserOutcome:
+    user: str
+    base_prompt: str
+    best_prompt: str
+    judge_win_rate: float | None
+    hidden_win_rate: float
+    comparisons: int
+    rounds: int
+
+
+def hidden_win_rate(taste: dict[str, float], best: str, base: str, seeds: range) -> float:
+    """Share of fresh seeds where the hidden taste prefers the best prompt's image (ties count half)."""
+    score = 0.0
+    for seed in seeds:
+        u_best = synthetic.utility(taste, draw_params(best, seed))
+        u_base = synthetic.utility(taste, draw_params(base, seed))
+        score += 1.0 if u_best > u_base else 0.5 if u_best == u_base else 0.0
+    return score / len(seeds)
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    users: int = 6,
+    rounds: int = 3,
+    k: int = 4,
+    held_out: int = 50,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[UserOutcome]:
+    upgrade(settings.resolved_database_url)
+    data = synthetic.generate(
+        settings.resolved_image_root / "bench-optimize", users=users, images=120, seed=seed
+    )
+    res = get_resources()
+    tenant = "bench-optimize"
+    with session_scope(res.engine) as session:
+        tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
+        for u in data.users:
+            row = ensure_user(session=session, tenant_id=tenant_id, external_id=u.user_id)
+            for r in u.references:
+                add_reference(
+                    session=session,
+                    user_id=row.id,  # type: ignore[arg-type]
+                    prompt=r.prompt,
+                    chosen_uri=f"file://bench-optimize/{r.chosen}",
+                    rejected_uri=f"file://bench-optimize/{r.rejected}",
+                )
+    outcomes = []
+    worker = embedded_worker(app) if settings.embedded_broker else contextlib.nullcontext()
+    with worker, bar(len(data.users), "optimizing", progress, unit="user") as pbar:
+        for n, u in enumerate(data.users):
+            base = BASE_PROMPTS[n % len(BASE_PROMPTS)]
+            run_id = start_optimization(
+                user=u.user_id, prompt=base, rounds=rounds, k=k, tenant=tenant, backend="lite", seed=seed + n
+            )
+            while True:
+                with session_scope(res.engine) as session:
+                    run = session.get(OptimizationRun, run_id)
+                    assert run is not None
+                    if run.status in ("done", "failed"):
+                        break
+                time.sleep(0.2)
+            if run.status == "failed":
+                raise RuntimeError(f"optimization {run_id} failed: {run.error}")
+            best = run.best_prompt or base
+            outcomes.append(
+                UserOutcome(
+                    u.user_id,
+                    base,
+                    best,
+                    run.best_win_rate,
+                    hidden_win_rate(u.taste, best, base, range(10_000, 10_000 + held_out)),
+                    held_out,
+                    run.rounds_done,
+                )
+            )
+            pbar.update(1)
+    return outcomes
+
+
+def render(outcomes: list[UserOutcome]) -> str:
+    lines = [f"{'user':<9}{'rounds':>7}{'judge':>8}{'hidden':>8}  best prompt"]
+    for o in outcomes:
+        judge = f"{100 * o.judge_win_rate:.0f}%" if o.judge_win_rate is not None else "-"
+        lines.append(f"{o.user:<9}{o.rounds:>7}{judge:>8}{100 * o.hidden_win_rate:>7.0f}%  {o.best_prompt}")
+    total = sum(o.comparisons for o in outcomes)
+    overall = sum(o.hidden_win_rate * o.comparisons for o in outcomes) / total if total else 0.0
+    lines += [
+        "",
+        f"held-out comparisons: {total} (final prompt vs base prompt, fresh seeds, judged by each user's hidden taste)",
+        f"final prompt preferred: {100 * overall:.1f}% (goal: at least 70%)",
+    ]
+    return "\n".join(lines)
