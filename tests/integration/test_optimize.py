@@ -53,13 +53,16 @@ def test_an_optimization_stores_rounds_candidates_judgments_and_dpo_pairs(stack,
         judged = {p.judgment_id: session.get(Judgment, p.judgment_id) for p in pairs}
         rows = export_pairs(session=session, run_id=run_id)
     assert {c.round for c in cands} == set(range(1, run.rounds_done + 1))
-    assert all(c.image_uri.startswith("s3://pigreward-test/optimize/") for c in cands), [c.image_uri for c in cands]
+    assert all(c.image_uri.startswith("s3://pigreward-test/optimize/") for c in cands), [
+        c.image_uri for c in cands
+    ]
     assert stack.s3().head_object(Bucket="pigreward-test", Key=cands[0].image_uri.split("/", 3)[3])
     assert len(images.bodies) >= len(cands)  # one generation request per candidate (plus evaluation)
     assert all(j.prompt == "a harbour at dawn" for j in judged.values())
     # candidates whose modifiers draw the same picture are refused as the same image, never judged
     assert all(
-        j.status == "done" or (j.status == "rejected" and "same image" in (j.error or "")) for j in judged.values()
+        j.status == "done" or (j.status == "rejected" and "same image" in (j.error or ""))
+        for j in judged.values()
     ), [(j.status, j.error) for j in judged.values()]
     assert sum(j.status == "done" for j in judged.values()) >= len(judged) // 2
     assert rows and all(
