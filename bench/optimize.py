@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from models.db import session_scope, upgrade
 from models.tables import OptimizationRun
-from models.users import add_reference, ensure_tenant, ensure_user
 from pigreward import synthetic
+from pigreward.demo import register_synthetic_users
 from pigreward.progress import bar
 from pigreward.settings import Settings
 from tasks import app
@@ -65,18 +65,7 @@ def run_bench(
     )
     res = get_resources()
     tenant = "bench-optimize"
-    with session_scope(res.engine) as session:
-        tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
-        for u in data.users:
-            row = ensure_user(session=session, tenant_id=tenant_id, external_id=u.user_id)
-            for r in u.references:
-                add_reference(
-                    session=session,
-                    user_id=row.id,  # type: ignore[arg-type]
-                    prompt=r.prompt,
-                    chosen_uri=f"file://bench-optimize/{r.chosen}",
-                    rejected_uri=f"file://bench-optimize/{r.rejected}",
-                )
+    register_synthetic_users(data, tenant=tenant, uri_prefix="file://bench-optimize/")
     outcomes = []
     worker = embedded_worker(app) if settings.embedded_broker else contextlib.nullcontext()
     with worker, bar(len(data.users), "optimizing", progress, unit="user") as pbar:

@@ -78,6 +78,22 @@ class DemoReport:
         return "\n".join(lines)
 
 
+def register_synthetic_users(data: synthetic.SyntheticSet, *, tenant: str, uri_prefix: str) -> None:
+    """Create the simulated users and their reference pairs (images at `uri_prefix` + relative path)."""
+    with session_scope(get_resources().engine) as session:
+        tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
+        for u in data.users:
+            row = ensure_user(session=session, tenant_id=tenant_id, external_id=u.user_id)
+            for ref in u.references:
+                add_reference(
+                    session=session,
+                    user_id=row.id,  # type: ignore[arg-type]
+                    prompt=ref.prompt,
+                    chosen_uri=f"{uri_prefix}{ref.chosen}",
+                    rejected_uri=f"{uri_prefix}{ref.rejected}",
+                )
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -107,18 +123,8 @@ def run_demo(
     def uri(name: str) -> str:
         return f"file://demo/{name}"
 
+    register_synthetic_users(data, tenant=tenant, uri_prefix="file://demo/")
     with session_scope(res.engine) as session:
-        tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
-        for u in data.users:
-            row = ensure_user(session=session, tenant_id=tenant_id, external_id=u.user_id)
-            for ref in u.references:
-                add_reference(
-                    session=session,
-                    user_id=row.id,  # type: ignore[arg-type]
-                    prompt=ref.prompt,
-                    chosen_uri=uri(ref.chosen),
-                    rejected_uri=uri(ref.rejected),
-                )
         batch = create_batch(session=session, tenant=tenant, name=f"demo seed={seed}", kind="demo")
         batch_id = batch.id
     options = {"backend": backend, **({"protocol": protocol} if protocol else {})}
