@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import Qwen2VLImageProcessorPil  # noqa: E402
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (  # noqa: E402
+    smart_resize as hf_smart_resize,
+)
 
 from workers.backends.qwen_vision import (
     VisionSpec,
@@ -18,12 +22,6 @@ from workers.backends.qwen_vision import (
     mm_token_type_ids,
     preprocess,
     smart_resize,
-)
-
-transformers = pytest.importorskip("transformers")
-from transformers import Qwen2VLImageProcessorPil  # noqa: E402
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (  # noqa: E402
-    smart_resize as hf_smart_resize,
 )
 
 DEFAULT = VisionSpec()

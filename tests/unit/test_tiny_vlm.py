@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
 
 from pigreward.tiny_vlm import SPECIAL_TOKENS, build_tiny_vlm, build_tokenizer
 from workers.backends.qwen_vision import (
@@ -19,15 +26,6 @@ from workers.backends.qwen_vision import (
     image_token_count,
     mm_token_type_ids,
     preprocess,
-)
-
-transformers = pytest.importorskip("transformers")
-from transformers import (  # noqa: E402
-    AutoConfig,
-    AutoModelForImageTextToText,
-    AutoTokenizer,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLForConditionalGeneration,
 )
 
 KINDS = ("qwen2_vl", "qwen2_5_vl")
