@@ -493,6 +493,90 @@ def bench() -> None:
     """Benchmarks that print figures."""
 
 
+@bench.command("accuracy")
+@click.argument("input_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--synthetic", "synthetic_users", type=int, default=None, help="Use a synthetic set of N users instead."
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-report"),
+    show_default=True,
+    help="Where report.md, report.html and results.json go.",
+)
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    default=("lite",),
+    show_default=True,
+    help="NAME[/PROTOCOL][:swap|:noswap]; repeat for several.",
+)
+@click.option("--no-baselines", is_flag=True, help="Skip random, non-personalized and similarity baselines.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def bench_accuracy(
+    input_path: Path | None,
+    synthetic_users: int | None,
+    out_dir: Path,
+    backends: tuple[str, ...],
+    no_baselines: bool,
+    seed: int,
+    no_progress: bool,
+) -> None:
+    """How often each backend agrees with each person: the paper's metrics and more, with baselines.
+
+    INPUT_PATH is the harness JSONL (one line per user); or --synthetic N. Runs through the queue and
+    is resumable: judgments already stored for the same versions are reused.
+    """
+    from bench.accuracy import BenchmarkError, render_summary, run_accuracy, run_synthetic
+
+    settings = get_settings()
+    try:
+        if input_path is None:
+            report = run_synthetic(
+                settings,
+                out_dir,
+                users=synthetic_users or 20,
+                seed=seed,
+                backends=backends,
+                baselines=not no_baselines,
+                progress=not no_progress,
+            )
+        else:
+            report = run_accuracy(
+                settings,
+                input_path,
+                out_dir,
+                backends=backends,
+                baselines=not no_baselines,
+                progress=not no_progress,
+                seed=seed,
+            )
+    except BenchmarkError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(render_summary(report))
+
+
+@bench.command("convert")
+@click.argument("src", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of the A/B order of test pairs.")
+@click.option("--middle-pairs", is_flag=True, help="Also make rank 2 vs 3 reference pairs.")
+def bench_convert(src: Path, out_path: Path, seed: int, middle_pairs: bool) -> None:
+    """Convert a ranked-images folder (rankings.jsonl + images) into the harness JSONL."""
+    from bench.convert import ConversionError, convert_ranked
+
+    try:
+        users = convert_ranked(src, out_path, seed=seed, middle_pairs=middle_pairs)
+    except ConversionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{users} users -> {out_path}")
+
+
 @bench.command("optimize")
 @click.option("--users", default=6, show_default=True, help="Simulated users (opposite-taste pairs).")
 @click.option("--rounds", default=3, show_default=True)

@@ -299,3 +299,27 @@ def test_bench_optimize_meets_the_70_percent_goal(tmp_path: Path) -> None:
 
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
     assert rows and {"prompt", "chosen", "rejected", "user", "evidence"} <= set(rows[0])
+
+
+def test_bench_convert_then_accuracy_on_the_ranked_fixture(tmp_path: Path) -> None:
+    import shutil
+
+    ranked = tmp_path / "data" / "images" / "ranked"
+    shutil.copytree(REPO / "tests" / "data" / "ranked", ranked)
+    out = run_cli(tmp_path / "data", "bench", "convert", str(ranked), str(ranked / "bench.jsonl"))
+    assert "3 users" in out.stdout
+    report = run_cli(
+        tmp_path / "data",
+        "bench",
+        "accuracy",
+        str(ranked / "bench.jsonl"),
+        "-o",
+        str(tmp_path / "rep"),
+        "--no-progress",
+    )
+    assert "lite" in report.stdout and "random" in report.stdout and "non-personalized" in report.stdout
+    assert (tmp_path / "rep" / "report.html").read_text().count("<svg") >= 3
+    bad = run_cli(
+        tmp_path / "data", "bench", "convert", str(tmp_path), str(tmp_path / "x.jsonl"), check=False
+    )
+    assert bad.returncode == 1 and "rankings.jsonl" in bad.stderr
