@@ -5,7 +5,9 @@ uvicorn api.main:app        or        pigreward api --port 8000
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,6 +76,14 @@ def create_app() -> FastAPI:
     app.include_router(users.router, prefix="/v1")
     app.include_router(judgments.router, prefix="/v1")
     app.include_router(viewer.router)
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        """A lost or refused database connection is the server's outage, not the client's fault:
+        503 with Retry-After (the pool is invalidated, so the next request reconnects)."""
+        return JSONResponse(
+            {"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
+        )
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -19,8 +19,12 @@ from sqlmodel import Session
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine tuned for our use: WAL + busy timeout on SQLite, pre-ping on servers."""
+def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
+    """An engine tuned for our use: WAL + busy timeout on SQLite, a checked pool on servers.
+
+    `pre_ping=False` is for the workers' hot path (see below); the API and CLI keep the ping so a
+    request after a database restart is answered, not failed.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -36,7 +40,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # Without the ping (a round trip per checkout, several per judgment) a dead connection raises an
+    # OperationalError that the pipeline turns into a retried transient error, and SQLAlchemy then
+    # invalidates the whole pool: a database restart costs one retried statement per process.
+    return sa.create_engine(url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 @contextmanager

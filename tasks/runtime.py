@@ -88,8 +88,13 @@ def build_resources(settings: Settings) -> Resources:
     store = ImageStore(store_config(settings))
     limits = ImageLimits(max_pixels=settings.max_image_pixels, pixel_budget=settings.pixel_budget)
     return Resources(
-        engine=make_engine(settings.resolved_database_url),
-        loader=ImageLoader(store, limits),
+        engine=make_engine(settings.resolved_database_url, pre_ping=False),
+        loader=ImageLoader(
+            store,
+            limits,
+            cache_bytes=settings.image_cache_mb * 1024 * 1024,
+            uri_ttl_s=settings.image_uri_ttl_s,
+        ),
         backend_for=backend_for,
         lease_s=settings.visibility_timeout_s,
         max_attempts=settings.max_attempts,

@@ -88,6 +88,9 @@ class Resources:
     lease_s: float = 3600.0  # a claim older than this is presumed dead (its worker crashed)
     max_attempts: int = 8  # claims of one row before it is failed (crash-loop guard)
     events: PipelineEvents = field(default_factory=PipelineEvents)
+    # image row ids by content sha256, filled once a row is committed: image rows are never deleted
+    # or re-keyed, so a known id stays valid and a judgment of known images skips the upserts
+    image_ids: dict[str, int] = field(default_factory=dict, repr=False)
 
 
 class JudgmentSummary(BaseModel):
@@ -270,9 +273,7 @@ def _judge(res: Resources, job: Judgment) -> VerdictRecord:
     t = time.perf_counter()
     verdict = judge_pair(backend, context, job.prompt, image_a, image_b, swap=job.swap)
     timings["backend_s"] = time.perf_counter() - t
-    with database_errors(), session_scope(res.engine) as session:
-        # rows locked in content order, so judgments of (A, B) and (B, A) cannot deadlock
-        ids = {img.sha256: _image_id(session, img) for img in sorted((image_a, image_b), key=_sha)}
+    ids = _image_ids(res, image_a, image_b)
     return _verdict_record(
         verdict,
         backend,
@@ -344,6 +345,25 @@ def _tenant_name(session: Session, tenant_id: int) -> str:
 
 def _sha(img: NormalizedImage) -> str:
     return img.sha256
+
+
+IMAGE_ID_CACHE = 100_000  # entries (~20 MB); the cache starts over when full
+
+
+def _image_ids(res: Resources, *images: NormalizedImage) -> dict[str, int]:
+    """Image row ids by sha256, written on first sight; known ones come from `res.image_ids`."""
+    known = res.image_ids
+    ids = {img.sha256: known.get(img.sha256) for img in images}
+    missing = [img for img in images if ids[img.sha256] is None]
+    if missing:
+        with database_errors(), session_scope(res.engine) as session:
+            # rows locked in content order, so judgments of (A, B) and (B, A) cannot deadlock
+            found = {img.sha256: _image_id(session, img) for img in sorted(missing, key=_sha)}
+        if len(known) + len(found) > IMAGE_ID_CACHE:
+            known.clear()
+        known.update(found)  # only after the commit: a cached id always names a stored row
+        ids.update(found)
+    return ids  # type: ignore[return-value]
 
 
 def _image_id(session: Session, img: NormalizedImage) -> int:

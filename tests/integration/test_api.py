@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from pigreward.settings import reset_settings
 from pigreward.synthetic import DrawParams, draw_image
+from tasks.runtime import get_resources
 from tests.integration.api_helpers import (
     JSONL,
     Api,
@@ -961,3 +962,30 @@ def test_metrics_endpoint_counts_requests_by_route_template(stack) -> None:  # t
         'pigreward_api_requests_total{method="GET",route="/v1/judgments/{judgment_id}",status="401"}' in text
     )
     assert "pigreward_api_request_seconds_bucket" in text and "pigreward_judgments_total" in text
+
+
+def test_a_database_restart_costs_one_503_and_no_judgment(world: World) -> None:
+    """Connections dropped under the API and the worker (as by a Postgres restart): the API answers
+    503 + Retry-After (not 500) at most once, then serves again; the worker's next judgment is done."""
+    import psycopg
+
+    from tests.support.services import postgres_admin_url
+
+    a = world.a
+    assert a.get("/v1/users").status_code == 200  # the pool holds a live connection now
+    database = get_resources().engine.url.database
+    with psycopg.connect(postgres_admin_url(), autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchone()
+    assert killed and killed[0] >= 1
+    first = a.get("/v1/users")  # the pooled connection is a dead one (workers run without pre-ping)
+    assert first.status_code == 503, first.text
+    assert first.headers["retry-after"] == "1"
+    assert first.json() == {"detail": "database unavailable, retry shortly"}
+    assert a.get("/v1/users").status_code == 200
+    row = a.ok(
+        "POST", "/v1/judgments", expect=202, json=judgment_spec(world.user, "after", world.warm, world.cold)
+    )
+    assert wait_judgment(a, row["id"])["status"] == "done"
