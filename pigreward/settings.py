@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     pixel_budget: int = Field(
         448 * 448, description="Images are resized to at most this many pixels (Qwen2-VL: 448x448)."
     )
+    image_cache_mb: int = Field(
+        1024, ge=0, description="Decoded images kept per worker process (448x448 RGB: ~0.6 MB each)."
+    )
+    image_uri_ttl_s: float = Field(
+        0.0,
+        ge=0,
+        description="Trust a URI read this recently without reading it again (0: always read). "
+        "Only for write-once keys: an overwritten key is judged from its old content until then.",
+    )
     backend: str = Field(
         "lite", description="Default judge backend: lite (CPU), sglang (HTTP), hf (in-process)."
     )

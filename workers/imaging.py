@@ -11,6 +11,7 @@ import hashlib
 import io
 import math
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -102,32 +103,84 @@ def _fit_budget(img: Image.Image, budget: int) -> Image.Image:
 
 
 class ImageLoader:
-    """Fetch + normalize with an LRU cache keyed by content hash (thread-safe, per process)."""
+    """Fetch + normalize with an LRU cache keyed by content hash (thread-safe, per process).
 
-    def __init__(self, store: ImageStore, limits: ImageLimits, cache_size: int = 512) -> None:
+    The cache is bounded by entries and by decoded bytes (a 448x448 RGB picture is ~600 KB), so a
+    worker can hold every image of a night's batch without growing past `cache_bytes`. With
+    `uri_ttl_s` > 0 a URI read less than that many seconds ago is answered from the cache without
+    reading the store again: safe where keys are written once (one key per generated image), and
+    off by default because an overwritten key would be judged from its old content until the TTL
+    ends. The ledger keeps the sha256 of what was judged either way.
+    """
+
+    def __init__(
+        self,
+        store: ImageStore,
+        limits: ImageLimits,
+        cache_size: int = 100_000,
+        cache_bytes: int = 1024 * 1024 * 1024,
+        uri_ttl_s: float = 0.0,
+    ) -> None:
         self.store = store
         self.limits = limits
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self.uri_ttl_s = uri_ttl_s
         self._cache: OrderedDict[str, NormalizedImage] = OrderedDict()
+        self._held = 0  # decoded bytes in the cache
+        self._uris: dict[str, tuple[str, float]] = {}  # uri -> (sha256, monotonic time of the read)
         self._lock = threading.Lock()
 
     def load(self, uri: str) -> NormalizedImage:
         if not uri or not uri.strip():
             raise InvalidRequest("image URI is empty")
+        if self.uri_ttl_s > 0:
+            hit = self._fresh(uri)
+            if hit is not None:
+                return hit
+        read_at = time.monotonic()
         data = self.store.read(uri)
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             hit = self._cache.get(digest)
             if hit is not None:
                 self._cache.move_to_end(digest)
+                self._remember(uri, digest, read_at)
         if hit is not None:
             return hit if hit.uri == uri else _with_uri(hit, uri)
         image = normalize(data, uri, self.limits)
         with self._lock:
-            self._cache[digest] = image
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            if digest not in self._cache:
+                self._cache[digest] = image
+                self._held += _decoded_bytes(image)
+            self._remember(uri, digest, read_at)
+            while self._cache and (len(self._cache) > self.cache_size or self._held > self.cache_bytes):
+                _, old = self._cache.popitem(last=False)
+                self._held -= _decoded_bytes(old)
         return image
+
+    def _fresh(self, uri: str) -> NormalizedImage | None:
+        """The cached picture of `uri` if it was read within the TTL (and is still cached)."""
+        with self._lock:
+            known = self._uris.get(uri)
+            if known is None or time.monotonic() - known[1] >= self.uri_ttl_s:
+                return None
+            hit = self._cache.get(known[0])
+            if hit is None:
+                return None
+            self._cache.move_to_end(known[0])
+        return hit if hit.uri == uri else _with_uri(hit, uri)
+
+    def _remember(self, uri: str, digest: str, read_at: float) -> None:  # under self._lock
+        if self.uri_ttl_s <= 0:
+            return
+        if len(self._uris) >= 4 * self.cache_size:  # bounded: stale and evicted entries go at once
+            self._uris.clear()
+        self._uris[uri] = (digest, read_at)
+
+
+def _decoded_bytes(img: NormalizedImage) -> int:
+    return img.image.width * img.image.height * len(img.image.getbands())
 
 
 def _with_uri(img: NormalizedImage, uri: str) -> NormalizedImage:

@@ -390,6 +390,75 @@ def test_loader_lru_eviction(loader_env: tuple[ImageStore, Path], monkeypatch: p
     assert calls == ["a.png", "b.png", "c.png", "b.png"]
 
 
+def test_loader_cache_is_bounded_by_decoded_bytes(
+    loader_env: tuple[ImageStore, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, root = loader_env
+    for name, colour in (("a", RED), ("b", BLUE), ("c", (0, 255, 0))):
+        (root / f"{name}.png").write_bytes(_encode(Image.new("RGB", (10, 10), colour)))
+    calls = _count_normalize(monkeypatch)
+    loader = ImageLoader(store, ImageLimits(), cache_bytes=2 * 10 * 10 * 3)  # room for two pictures
+    for uri in ("a.png", "b.png", "c.png", "b.png", "c.png"):
+        loader.load(uri)
+    assert calls == ["a.png", "b.png", "c.png"]
+    loader.load("a.png")  # evicted by c when the budget was hit
+    assert calls == ["a.png", "b.png", "c.png", "a.png"]
+    assert ImageLoader(store, ImageLimits(), cache_bytes=0).load("a.png").sha256  # no cache still loads
+
+
+class _CountingStore(ImageStore):
+    def __init__(self, root: Path) -> None:
+        super().__init__(StoreConfig(image_root=root))
+        self.reads: list[str] = []
+
+    def read(self, uri: str) -> bytes:
+        self.reads.append(uri)
+        return super().read(uri)
+
+
+def test_loader_reads_the_store_every_time_by_default(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path)
+    (tmp_path / "x.png").write_bytes(_encode(Image.new("RGB", (8, 8), RED)))
+    loader = ImageLoader(store, ImageLimits())
+    loader.load("x.png")
+    loader.load("x.png")
+    assert store.reads == ["x.png", "x.png"]
+
+
+def test_loader_trusts_a_recent_read_within_the_uri_ttl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _CountingStore(tmp_path)
+    (tmp_path / "x.png").write_bytes(_encode(Image.new("RGB", (8, 8), RED)))
+    (tmp_path / "y.png").write_bytes(_encode(Image.new("RGB", (8, 8), RED)))  # same bytes, other URI
+    clock = [100.0]
+    monkeypatch.setattr(imaging.time, "monotonic", lambda: clock[0])
+    loader = ImageLoader(store, ImageLimits(), uri_ttl_s=60)
+    first = loader.load("x.png")
+    (tmp_path / "x.png").write_bytes(_encode(Image.new("RGB", (8, 8), BLUE)))  # overwritten key
+    clock[0] = 159.0
+    again = loader.load("x.png")
+    assert store.reads == ["x.png"]  # within the TTL: not read again, the old picture (documented)
+    assert again.sha256 == first.sha256 and again.uri == "x.png"
+    other = loader.load("y.png")  # a URI never read is always read, even with identical content
+    assert store.reads == ["x.png", "y.png"] and other.uri == "y.png"
+    clock[0] = 160.0
+    fresh = loader.load("x.png")  # TTL over: read again, the new content is seen
+    assert store.reads == ["x.png", "y.png", "x.png"]
+    assert np.asarray(fresh.image)[0, 0].tolist() == list(BLUE)
+
+
+def test_loader_uri_ttl_never_serves_an_evicted_picture(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path)
+    for name, colour in (("a", RED), ("b", BLUE)):
+        (tmp_path / f"{name}.png").write_bytes(_encode(Image.new("RGB", (8, 8), colour)))
+    loader = ImageLoader(store, ImageLimits(), cache_size=1, uri_ttl_s=3600)
+    loader.load("a.png")
+    loader.load("b.png")  # evicts a's picture
+    assert np.asarray(loader.load("a.png").image)[0, 0].tolist() == list(RED)
+    assert store.reads == ["a.png", "b.png", "a.png"]
+
+
 def test_loader_errors(loader_env: tuple[ImageStore, Path]) -> None:
     store, root = loader_env
     loader = ImageLoader(store, ImageLimits())
