@@ -600,6 +600,48 @@ def bench_optimize(users: int, rounds: int, k: int, held_out: int, seed: int, no
     click.echo(render(outcomes))
 
 
+_PASSTHROUGH = {
+    "context_settings": {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+}
+
+
+def _run_throughput(module: str, args: tuple[str, ...]) -> None:
+    """Run a throughput benchmark module's own CLI (its --help lists the options)."""
+    import importlib
+
+    try:
+        bench_main = importlib.import_module(f"bench.{module}").main
+        raise SystemExit(bench_main(list(args)))
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("tests"):
+            raise click.ClickException(
+                f"bench {module} starts its own Redis, Postgres database and moto S3 with the helpers in "
+                "tests/support: run it from a source checkout (pip install -e '.[cpu,dev]')"
+            ) from exc
+        raise
+
+
+@bench.command("orchestration", **_PASSTHROUGH)  # type: ignore[arg-type]
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_orchestration(args: tuple[str, ...]) -> None:
+    """Judgments/s of the queue itself (null backend, real Redis/Postgres/S3); see --help."""
+    _run_throughput("orchestration", args)
+
+
+@bench.command("feeding", **_PASSTHROUGH)  # type: ignore[arg-type]
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_feeding(args: tuple[str, ...]) -> None:
+    """In-flight requests and judgments/s of one worker against a slow LVLM server; see --help."""
+    _run_throughput("feeding", args)
+
+
+@bench.command("request-shape", **_PASSTHROUGH)  # type: ignore[arg-type]
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_request_shape(args: tuple[str, ...]) -> None:
+    """Shared prompt prefix per user and image tokens per judgment; see --help."""
+    _run_throughput("request_shape", args)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

@@ -3,6 +3,8 @@
 - `lite`: CPU, no weights; interpretable image statistics and a per-user Bradley-Terry model.
 - `sglang`: the LVLM protocols over HTTP to SGLang (or any OpenAI-compatible server).
 - `hf`: the LVLM protocols on in-process transformers (Qwen2-VL / Qwen2.5-VL).
+- `null`: benchmarks only (`bench/orchestration.py`): a fixed verdict at once, no model; not listed
+  in `BACKENDS`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
     config = config or BackendConfig()
     if name == "lite":
         return LiteBackend()
+    if name == "null":  # benchmark backend: measures the orchestration without a model
+        from workers.backends.null import NullBackend
+
+        return NullBackend()
     if name not in LVLM_BACKENDS:
         raise UnknownBackend(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     from workers.backends.lvlm import LVLMBackend

@@ -1,0 +1,318 @@
+"""Feeding the GPU: does one worker process keep an LVLM server busy?
+
+SGLang batches whatever is in flight, so what a worker must deliver is concurrency: with a server
+latency L and R requests in flight, the best a worker can do is R / L judgments/s (Little's law).
+This runs the real stack (private Redis, a fresh Postgres database, moto S3) and ONE worker process
+(`pigreward worker`, threads pool) with the `sglang` backend pointed at
+`tests.support.fake_openai.fake_openai_server(delay=L)`, an OpenAI-compatible server that answers
+every request after L seconds, with no limit on concurrency, and counts requests in flight.
+Bulk judgments (`submit_judgments(..., chunk_size=--chunk)`, swap off by default so one judgment is
+one request) are timed from the first submit to the last `finished_at` in the ledger.
+
+    python -m bench.feeding                                    # 1024 judgments, two set-ups
+    python -m bench.feeding --judgments 512 --setups 4x64@64/64,2x256@64/64,2x512@128/128
+
+Two effects decide how close a worker gets (see the per-second in-flight line it prints):
+
+- the chunk barrier: a `judge_chunk` task ends only when its slowest judgment ends, and only then
+  does its worker thread take the next chunk. With chunk size = chunk_concurrency (4x64@64) every
+  chunk is one wave, and in flight drops each time the next chunks start. Chunks much larger than
+  chunk_concurrency (here one per worker thread, 2x512@64) and worker threads x chunk_concurrency
+  ~ 2x max_in_flight (prepared requests wait on the engine's semaphore and go out the moment a slot
+  frees) keep the server full.
+- the GIL: a judgment costs the worker process ~20 ms of CPU (ledger, S3 GETs, PNG data URLs,
+  JSON), so one process can feed ~40-45 judgments/s at most: enough for 64 in flight at 2 s
+  (32/s), not for 128 (64/s). Past that, run more worker processes.
+
+Reported: judgments/s while the server was busy (first request in -> last request out, i.e. what
+the worker delivers once it is feeding the server) and end to end (first submit -> last
+`finished_at`, which adds the ledger writes before the first request and after the last), the
+server's max and time-averaged in-flight count (sampled every 10 ms), and their ratio to
+in-flight / latency. Goal: max in flight >= 64 and judgments/s while busy within 10% of
+max in-flight / latency. Contexts (one reasoner request per reference pair) are built before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.orchestration import (  # noqa: E402
+    Stack,
+    bootstrap_contexts,
+    cpu_calibration,
+    cpu_seconds,
+    create_users,
+    judgment_specs,
+    ledger_stats,
+    machine_busy_seconds,
+    postgres_backends,
+    real_stack,
+    redis_pids,
+    upload_images,
+    wait_terminal,
+)
+
+
+class InFlightSampler:
+    """Samples the fake server's in-flight count every `period` seconds in a thread."""
+
+    def __init__(self, state, period: float = 0.01) -> None:  # type: ignore[no-untyped-def]
+        self.state = state
+        self.period = period
+        self.samples: list[tuple[float, int]] = []  # (time.time(), in flight)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self.state.in_flight))
+            time.sleep(self.period)
+
+    def __enter__(self) -> InFlightSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean(self, start: float, end: float) -> float:
+        window = [n for t, n in self.samples if start <= t <= end]
+        return statistics.fmean(window) if window else float("nan")
+
+    def busy_window(self) -> tuple[float, float]:
+        """First and last sample with a request in flight."""
+        busy = [t for t, n in self.samples if n > 0]
+        return (busy[0], busy[-1]) if busy else (float("nan"), float("nan"))
+
+    def per_second(self, start: float, end: float) -> list[float]:
+        """Mean in flight in each whole second from start to end."""
+        out: dict[int, list[int]] = {}
+        for t, n in self.samples:
+            if start <= t <= end:
+                out.setdefault(int(t - start), []).append(n)
+        return [statistics.fmean(out.get(k, [0])) for k in range(int(end - start) + 1)]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One worker set-up: threads pool size, judgments per chunk, chunk fan-out, HTTP in-flight limit."""
+
+    worker_threads: int
+    chunk: int
+    chunk_concurrency: int
+    in_flight: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Setup:
+        """'TxC@F/I': T worker threads, chunks of C judgments, chunk_concurrency F, max_in_flight I."""
+        try:
+            head, _, limit = spec.partition("/")
+            size, _, fan = head.partition("@")
+            threads, _, chunk = size.partition("x")
+            return cls(int(threads), int(chunk), int(fan), int(limit or 64))
+        except ValueError:
+            raise SystemExit(f"bad set-up {spec!r}: expected e.g. 4x64@64/64") from None
+
+    def __str__(self) -> str:
+        return (
+            f"{self.worker_threads} worker threads x chunks of {self.chunk}, chunk_concurrency "
+            f"{self.chunk_concurrency}, max_in_flight {self.in_flight}"
+        )
+
+    @property
+    def tag(self) -> str:
+        return f"{self.worker_threads}x{self.chunk}@{self.chunk_concurrency}/{self.in_flight}"
+
+
+@dataclass
+class FeedRun:
+    setup: Setup
+    n: int
+    statuses: dict[str, int]
+    e2e_s: float
+    server_window_s: float  # first request in flight -> last request done (10 ms sampling)
+    mean_in_flight: float  # time-averaged over the server window
+    max_in_flight: int
+    per_second: list[float]
+    requests: int
+    worker_cpu_s: float
+    bench_cpu_s: float
+    services_cpu_s: float  # moto, redis, our Postgres backends
+    foreign_cpu_s: float  # everything else busy on the machine meanwhile (other users)
+
+    @property
+    def e2e_rate(self) -> float:
+        return self.n / self.e2e_s
+
+    @property
+    def window_rate(self) -> float:
+        return self.n / self.server_window_s
+
+
+def run_one(
+    stack: Stack, users: Sequence[str], uris: Sequence[str], args: argparse.Namespace, setup: Setup, k: int
+) -> FeedRun:
+    from tasks import submit_judgments
+    from tests.support.fake_openai import fake_openai_server
+    from tests.support.services import celery_worker
+
+    with fake_openai_server(delay=args.delay) as (url, state):
+        env = {
+            **stack.env,
+            "PIGREWARD_BACKEND": "sglang",
+            "PIGREWARD_SGLANG_URL": url,
+            "PIGREWARD_SGLANG_MAX_IN_FLIGHT": str(setup.in_flight),
+            "PIGREWARD_CHUNK_CONCURRENCY": str(setup.chunk_concurrency),
+        }
+        log = stack.tmp / f"feeding-worker-{k}.log"
+        with celery_worker(
+            env, "context,judge,bulk", log, pool="threads", concurrency=setup.worker_threads
+        ) as proc:
+            if k == 0:
+                print("building contexts (reasoner requests) ...", file=sys.stderr)
+                bootstrap_contexts(users, "sglang")
+            state.bodies.clear()
+            state.max_in_flight = 0
+            calls0 = sum(state.calls.values())
+            specs = judgment_specs(
+                users, uris, args.judgments, tag=f"feed{k}", backend="sglang", seed=7 + k, swap=args.swap
+            )
+            cpu0, bench0 = cpu_seconds(proc.pid), time.process_time()
+            others = [stack.moto_pid, *redis_pids(stack.redis_url)]
+            others0, pg0, busy0 = sum(map(cpu_seconds, others)), postgres_backends(), machine_busy_seconds()
+            with InFlightSampler(state) as sampler:
+                t0 = datetime.now(UTC)
+                ids = submit_judgments(specs, chunk_size=setup.chunk)
+                wait_terminal(min(ids), max(ids), len(set(ids)), timeout_s=1800)
+            worker_cpu = cpu_seconds(proc.pid) - cpu0
+            bench_cpu = time.process_time() - bench0
+            busy = machine_busy_seconds() - busy0
+            services_cpu = sum(map(cpu_seconds, others)) - others0
+            services_cpu += sum(v - pg0.get(pid, 0.0) for pid, v in postgres_backends().items())
+            requests = sum(state.calls.values()) - calls0
+            max_in_flight = state.max_in_flight
+    rows, statuses = ledger_stats(min(ids), max(ids))
+    last = max(r["finished_at"] for r in rows)
+    lo, hi = sampler.busy_window()
+    return FeedRun(
+        setup=setup,
+        n=len(rows),
+        statuses=statuses,
+        e2e_s=(last - t0).total_seconds(),
+        server_window_s=hi - lo,
+        mean_in_flight=sampler.mean(lo, hi),
+        max_in_flight=max_in_flight,
+        per_second=sampler.per_second(t0.timestamp(), last.timestamp()),
+        requests=requests,
+        worker_cpu_s=worker_cpu,
+        bench_cpu_s=bench_cpu,
+        services_cpu_s=services_cpu,
+        foreign_cpu_s=max(0.0, busy - worker_cpu - bench_cpu - services_cpu),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--judgments", type=int, default=1024)
+    p.add_argument(
+        "--setups",
+        default="4x64@64/64,2x512@64/64",
+        help="worker set-ups run in turn, 'TxC@F/I': T threads in the worker's pool, chunks of C\n"
+        "judgments, PIGREWARD_CHUNK_CONCURRENCY F, PIGREWARD_SGLANG_MAX_IN_FLIGHT I.\n"
+        "Default: the plain shape (chunk 64 = chunk_concurrency 64) and the tuned one (no chunk barrier)",
+    )
+    p.add_argument("--delay", type=float, default=2.0, help="server latency per request, seconds")
+    p.add_argument("--swap", action="store_true", help="judge both orders (2 requests per judgment)")
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--users", type=int, default=8)
+    args = p.parse_args(argv)
+    setups = [Setup.parse(x.strip()) for x in args.setups.split(",") if x.strip()]
+
+    runs: list[FeedRun] = []
+    calibration = cpu_calibration()
+    with real_stack({"PIGREWARD_BACKEND": "sglang"}) as stack:
+        uris, total = upload_images(stack, args.images, "draw")
+        users = create_users(uris, args.users)
+        for k, setup in enumerate(setups):
+            runs.append(run_one(stack, users, uris, args, setup, k))
+
+    per_judgment = 2 if args.swap else 1
+    print()
+    print("== pigreward feeding benchmark (sglang backend, one worker process) ==")
+    print(
+        f"machine: {platform.node()}, nproc {os.cpu_count()}, Python {platform.python_version()}; "
+        f"CPU calibration {calibration:.3f} s (bench.orchestration.cpu_calibration); "
+        f"fake OpenAI-compatible server, {args.delay:.1f} s per request, unlimited concurrency"
+    )
+    print(
+        f"settings: {args.judgments} judgments, swap {'on' if args.swap else 'off'} ({per_judgment} request(s) "
+        f"per judgment), one worker process (threads pool), "
+        f"{args.images} images ({total / args.images / 1024:.0f} KB PNG) from moto S3, {args.users} users "
+        "(contexts pre-built); Redis + Postgres"
+    )
+    goals = []
+    for r in runs:
+        ideal = r.max_in_flight / args.delay / per_judgment
+        ok = r.max_in_flight >= 64 and r.window_rate >= 0.9 * ideal
+        goals.append(ok)
+        print()
+        print(f"[{r.setup}]")
+        print(f"  statuses: {r.statuses}; server requests during the run: {r.requests}")
+        print(
+            f"  judgments/s: {r.window_rate:.1f} while the server was busy ({r.n} in {r.server_window_s:.1f} s, "
+            f"first request in -> last out); {r.e2e_rate:.1f} end-to-end ({r.e2e_s:.1f} s, first submit -> "
+            f"last finished_at)"
+        )
+        print(
+            f"  server in flight: max {r.max_in_flight}, time-averaged {r.mean_in_flight:.1f} over the busy "
+            f"window (sampled every 10 ms)"
+        )
+        print(
+            f"  in-flight / latency: {r.max_in_flight} / {args.delay:g} s = {ideal:.1f} judgments/s; measured "
+            f"{100 * r.window_rate / ideal:.0f}% of it while busy, {100 * r.e2e_rate / ideal:.0f}% end-to-end "
+            f"(mean in flight / latency = {r.mean_in_flight / args.delay / per_judgment:.1f})"
+        )
+        print(f"  mean in flight per second: {' '.join(f'{x:.0f}' for x in r.per_second)}")
+        print(
+            f"  CPU: worker process {r.worker_cpu_s:.1f} s ({1e3 * r.worker_cpu_s / r.n:.1f} ms per judgment, "
+            f"{r.worker_cpu_s / r.e2e_s:.2f} cores); this process (fake server + polling) {r.bench_cpu_s:.1f} s; "
+            f"moto+redis+postgres {r.services_cpu_s:.1f} s"
+        )
+        foreign = r.foreign_cpu_s / r.e2e_s
+        print(
+            f"  machine load from other processes during the run: {foreign:.2f} cores"
+            + (" (WARNING: the machine was shared)" if foreign > 0.2 else "")
+        )
+    print()
+    print("== summary ==")
+    for r, ok in zip(runs, goals, strict=True):
+        ideal = r.max_in_flight / args.delay / per_judgment
+        print(
+            f"SUMMARY {r.setup.tag}: server max in flight {r.max_in_flight} (mean "
+            f"{r.mean_in_flight:.1f}); {r.window_rate:.1f} judgments/s while busy = "
+            f"{100 * r.window_rate / ideal:.0f}% of in-flight/latency {ideal:.1f} ({r.e2e_rate:.1f}/s "
+            f"end-to-end = {100 * r.e2e_rate / ideal:.0f}%); goal (>= 64 in flight, within 10%): "
+            f"{'MET' if ok else 'NOT MET'}; other load {r.foreign_cpu_s / r.e2e_s:.2f} cores"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
