@@ -9,7 +9,7 @@ every request after L seconds, with no limit on concurrency, and counts requests
 Bulk judgments (`submit_judgments(..., chunk_size=--chunk)`, swap off by default so one judgment is
 one request) are timed from the first submit to the last `finished_at` in the ledger.
 
-    python -m bench.feeding                                    # 1024 judgments, two set-ups
+    python -m bench.feeding                                    # 1024 judgments: defaults, then tuned
     python -m bench.feeding --judgments 512 --setups 4x64@64/64,2x256@64/64,2x512@128/128
 
 Two effects decide how close a worker gets (see the per-second in-flight line it prints):
@@ -20,9 +20,9 @@ Two effects decide how close a worker gets (see the per-second in-flight line it
   chunk_concurrency (here one per worker thread, 2x512@64) and worker threads x chunk_concurrency
   ~ 2x max_in_flight (prepared requests wait on the engine's semaphore and go out the moment a slot
   frees) keep the server full.
-- the GIL: a judgment costs the worker process ~20 ms of CPU (ledger, S3 GETs, PNG data URLs,
-  JSON), so one process can feed ~40-45 judgments/s at most: enough for 64 in flight at 2 s
-  (32/s), not for 128 (64/s). Past that, run more worker processes.
+- the GIL: a judgment costs the worker process ~15 ms of CPU (ledger, S3 GETs, PNG data URLs,
+  JSON; printed as "CPU: worker process"), so one process feeds at most ~60 judgments/s: plenty
+  for 64 in flight at 2 s (32/s). A faster server or more in flight needs more worker processes.
 
 Reported: judgments/s while the server was busy (first request in -> last request out, i.e. what
 the worker delivers once it is feeding the server) and end to end (first submit -> last
@@ -233,10 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--judgments", type=int, default=1024)
     p.add_argument(
         "--setups",
-        default="4x64@64/64,2x512@64/64",
+        default="4x50@32/64,2x512@64/64",
         help="worker set-ups run in turn, 'TxC@F/I': T threads in the worker's pool, chunks of C\n"
         "judgments, PIGREWARD_CHUNK_CONCURRENCY F, PIGREWARD_SGLANG_MAX_IN_FLIGHT I.\n"
-        "Default: the plain shape (chunk 64 = chunk_concurrency 64) and the tuned one (no chunk barrier)",
+        "Default: the shipped defaults (4 threads, API batches' chunks of 50, chunk_concurrency 32,\n"
+        "max_in_flight 64) and the tuned shape (few large chunks: no chunk barrier)",
     )
     p.add_argument("--delay", type=float, default=2.0, help="server latency per request, seconds")
     p.add_argument("--swap", action="store_true", help="judge both orders (2 requests per judgment)")
