@@ -781,9 +781,12 @@ def finish_profile(profiler: Profiler) -> str:
 
 
 def _fmt_stage(run: JudgeRun) -> list[str]:
-    out = [f"    {'stage':38s} {'mean ms':>9s} {'p50 ms':>9s} {'p95 ms':>9s}"]
+    """Per-stage wall time, and each stage's share of the workers' time spent running judgments."""
+    total = run.stages["run total (finished - started)"]["mean"]
+    out = [f"    {'stage':38s} {'mean ms':>9s} {'p50 ms':>9s} {'p95 ms':>9s} {'share':>7s}"]
     for k, v in run.stages.items():
-        out.append(f"    {k:38s} {v['mean']:9.2f} {v['p50']:9.2f} {v['p95']:9.2f}")
+        share = "" if k.startswith("queue wait") else f"{100 * v['mean'] / total:6.1f}%"
+        out.append(f"    {k:38s} {v['mean']:9.2f} {v['p50']:9.2f} {v['p95']:9.2f} {share:>7s}")
     return out
 
 
@@ -949,6 +952,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print("  time per judgment by stage (from the ledger's timestamps and timings):")
         print("\n".join(_fmt_stage(run)))
+        print(
+            f"  broker: submitting cost {1e3 * run.submit_s / run.n:.2f} ms per judgment in the client "
+            f"(ledger rows + {-(-run.n // args.chunk)} judge_chunk messages), Redis "
+            f"{1e3 * run.cpu.get('redis', 0.0) / run.n:.3f} ms CPU per judgment, a worker "
+            f"{ref['cpu_ms'] / args.chunk:.3f} ms CPU per judgment for message handling (no-op CPU per "
+            f"task / chunk); the queue wait is backlog (all judgments are submitted at once), not broker latency"
+        )
         if prof:
             print(f"  py-spy ({args.profile:.0f} s, 200 Hz, GIL-holding thread only = Python CPU):")
             print(prof)
