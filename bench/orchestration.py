@@ -244,10 +244,18 @@ def worker_processes(
                 proc.wait(10)
 
 
+def _proc_entries() -> list[Path]:
+    """/proc's entries; none where there is no /proc (macOS): CPU figures then read 0."""
+    try:
+        return list(Path("/proc").iterdir())
+    except OSError:
+        return []
+
+
 def children_of(pid: int) -> list[int]:
     """Direct child pids (prefork pool processes), from /proc."""
     out = []
-    for entry in Path("/proc").iterdir():
+    for entry in _proc_entries():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
@@ -271,7 +279,7 @@ def redis_pids(url: str) -> list[int]:
     """The redis-server process serving `url` (found by its port on the command line)."""
     port = url.rsplit(":", 1)[1].split("/")[0]
     out = []
-    for entry in Path("/proc").iterdir():
+    for entry in _proc_entries():
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
@@ -299,7 +307,10 @@ def cpu_calibration() -> float:
 
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy so far (/proc/stat: everything but idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:  # no /proc: the other-load figure reads 0
+        return 0.0
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -309,7 +320,7 @@ def postmaster_reaped_seconds() -> float:
     Backends that connected and left during a run (pool overflow connections) are counted here;
     exited backends of other users of the server too.
     """
-    for entry in Path("/proc").iterdir():
+    for entry in _proc_entries():
         if not entry.name.isdigit():
             continue
         try:
@@ -330,13 +341,16 @@ def postgres_sessions() -> int:
 
     from tasks.runtime import get_resources
 
-    with get_resources().engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
-            ).scalar()
-            or 0
-        )
+    try:
+        with get_resources().engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+                ).scalar()
+                or 0
+            )
+    except sa.exc.ProgrammingError:  # Postgres before 14 has no sessions column
+        return 0
 
 
 def postgres_backends() -> dict[int, float]:
