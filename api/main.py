@@ -5,6 +5,8 @@ uvicorn api.main:app        or        pigreward api --port 8000
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
@@ -15,6 +17,8 @@ from api.metrics import RequestMetrics
 from api.routes import health, judgments, users, viewer
 from pigreward.settings import get_settings
 from tasks.metrics import CONTENT_TYPE_LATEST, render_latest
+
+log = logging.getLogger(__name__)
 
 
 class BodyLimit:
@@ -81,6 +85,9 @@ def create_app() -> FastAPI:
     async def database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
         """A lost or refused database connection is the server's outage, not the client's fault:
         503 with Retry-After (the pool is invalidated, so the next request reconnects)."""
+        log.warning(
+            "%s %s: database error answered 503: %s", request.method, request.url.path, exc.orig or exc
+        )
         return JSONResponse(
             {"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
         )

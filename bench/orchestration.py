@@ -24,7 +24,9 @@ moto's S3 server in a child process (so its CPU is not charged to this process's
 ~460 KB each, the size of a real generated PNG), users with 5-15 reference pairs, contexts built
 through the queue before timing. Judgments go in as `submit_judgments(..., chunk_size=--chunk)`, i.e.
 `judge_chunk` messages on `bulk`. Workers are `celery -A bench.orchestration:app worker` (the project
-app plus the no-op task defined here; same settings as `pigreward worker`).
+app plus the no-op task defined here, with the project's Celery settings), by default one worker
+with a prefork pool of 2 processes (one per core: the GIL makes threads no faster here) and
+PIGREWARD_CHUNK_CONCURRENCY 4 (`pigreward worker` defaults to threads and 32, sized for LVLM servers).
 
 Figures go to stdout; progress to stderr. Figures are read from the ledger: end-to-end is the first
 submit to the last `finished_at`; stages come from the `timings` each judgment stores (context_s,
@@ -195,6 +197,7 @@ def worker_processes(
 
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
+    errs: list[Any] = []
     try:
         for i in range(processes):
             log = log_dir / f"worker-{pool}-{i}-{time.monotonic_ns()}.log"
@@ -213,13 +216,15 @@ def worker_processes(
                 f"--hostname=bench{i}-{os.getpid()}@%h",
                 f"--logfile={log}",
             ]
+            errs.append(open(log.with_suffix(".err"), "wb"))  # noqa: SIM115 (closed below)
             procs.append(
                 subprocess.Popen(
                     cmd,
                     cwd=REPO,
                     env={**os.environ, **env},
                     stdout=subprocess.DEVNULL,
-                    stderr=open(log.with_suffix(".err"), "wb"),  # noqa: SIM115
+                    stderr=errs[-1],
+                    start_new_session=True,  # its own process group: the pool children go with it
                 )
             )
         for proc, log in zip(procs, logs, strict=True):
@@ -233,15 +238,28 @@ def worker_processes(
                 raise RuntimeError(f"celery worker exited with {proc.returncode}:\n{err}")
         yield procs
     finally:
+        _stop_groups(procs)
+        for f in errs:
+            f.close()
+
+
+def _stop_groups(procs: Sequence[subprocess.Popen]) -> None:
+    """SIGTERM each worker's process group, SIGKILL what is left after 30 s; Ctrl-C cannot cut it short
+    (an orphaned worker would retry a stopped broker forever)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
         for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers: the parent or its pool children
+            proc.wait(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _proc_entries() -> list[Path]:
@@ -652,8 +670,13 @@ def run_judgments(
     p0 = time.perf_counter()
     ids = submit_judgments(specs, chunk_size=chunk)
     submit_s = time.perf_counter() - p0
-    profiler = start_profile(list(pids) + [moto_pid], profile_s) if profile_s else None
-    wait_terminal(min(ids), max(ids), len(set(ids)), timeout_s=3600)
+    profiler = start_profile(list(pids) + [moto_pid], profile_s, stack.tmp) if profile_s else None
+    try:
+        wait_terminal(min(ids), max(ids), len(set(ids)), timeout_s=3600)
+    except BaseException:
+        for _, proc, _ in profiler.procs if profiler else []:
+            proc.kill()
+        raise
     cpu = {k: sum(cpu_seconds(p) for p in v) - cpu0[k] for k, v in watched.items()}
     cpu["postgres"] = sum(v - pg0.get(pid, 0.0) for pid, v in postgres_backends().items())
     cpu["postgres"] += postmaster_reaped_seconds() - reaped0
@@ -705,14 +728,14 @@ class Profiler:
     procs: list[tuple[int, subprocess.Popen, Path]]
 
 
-def start_profile(pids: Sequence[int], seconds: float) -> Profiler | None:
+def start_profile(pids: Sequence[int], seconds: float, folder: Path) -> Profiler | None:
     binary = shutil.which("py-spy")
     if binary is None:
         print("py-spy not found (pip install py-spy): no profile", file=sys.stderr)
         return None
     out = []
     for target in dict.fromkeys(pids):
-        path = Path(tempfile.mkstemp(prefix=f"pyspy-{target}-", suffix=".txt")[1])
+        path = folder / f"pyspy-{target}-{time.monotonic_ns()}.txt"  # removed with the run's folder
         cmd = [binary, "record", "--pid", str(target), "--duration", str(int(seconds)), "--rate", "200"]
         # --gil: only the thread holding the GIL is sampled, i.e. where Python CPU goes
         cmd += ["--format", "raw", "--output", str(path), "--nonblocking", "--gil"]

@@ -609,6 +609,7 @@ def _run_throughput(module: str, args: tuple[str, ...]) -> None:
     """Run a throughput benchmark module's own CLI (its --help lists the options)."""
     import importlib
 
+    sys.argv[0] = f"pigreward bench {module.replace('_', '-')}"  # argparse's usage line
     try:
         bench_main = importlib.import_module(f"bench.{module}").main
         raise SystemExit(bench_main(list(args)))

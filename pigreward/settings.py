@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         448 * 448, description="Images are resized to at most this many pixels (Qwen2-VL: 448x448)."
     )
     image_cache_mb: int = Field(
-        1024, ge=0, description="Decoded images kept per worker process (448x448 RGB: ~0.6 MB each)."
+        1024, ge=0, description="Decoded images kept per worker process (448x448 RGB: ~0.8 MB each)."
     )
     image_uri_ttl_s: float = Field(
         0.0,

@@ -88,7 +88,7 @@ def build_resources(settings: Settings) -> Resources:
     store = ImageStore(store_config(settings))
     limits = ImageLimits(max_pixels=settings.max_image_pixels, pixel_budget=settings.pixel_budget)
     return Resources(
-        engine=make_engine(settings.resolved_database_url, pre_ping=False),
+        engine=make_engine(settings.resolved_database_url),
         loader=ImageLoader(
             store,
             limits,

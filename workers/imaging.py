@@ -105,7 +105,7 @@ def _fit_budget(img: Image.Image, budget: int) -> Image.Image:
 class ImageLoader:
     """Fetch + normalize with an LRU cache keyed by content hash (thread-safe, per process).
 
-    The cache is bounded by entries and by decoded bytes (a 448x448 RGB picture is ~600 KB), so a
+    The cache is bounded by entries and by decoded bytes (a 448x448 RGB picture is ~800 KB), so a
     worker can hold every image of a night's batch without growing past `cache_bytes`. With
     `uri_ttl_s` > 0 a URI read less than that many seconds ago is answered from the cache without
     reading the store again: safe where keys are written once (one key per generated image), and
@@ -174,13 +174,18 @@ class ImageLoader:
     def _remember(self, uri: str, digest: str, read_at: float) -> None:  # under self._lock
         if self.uri_ttl_s <= 0:
             return
-        if len(self._uris) >= 4 * self.cache_size:  # bounded: stale and evicted entries go at once
+        known = self._uris.get(uri)
+        if known is not None and known[1] > read_at:  # a later read of this URI already finished
+            return
+        if len(self._uris) >= 4 * max(len(self._cache), 256):  # bounded by what the cache holds
             self._uris.clear()
         self._uris[uri] = (digest, read_at)
 
 
 def _decoded_bytes(img: NormalizedImage) -> int:
-    return img.image.width * img.image.height * len(img.image.getbands())
+    """Memory of a decoded picture: Pillow keeps RGB pixels in 4 bytes (1 for L/P/1 modes)."""
+    per_pixel = 1 if img.image.mode in ("1", "L", "P") else 4
+    return img.image.width * img.image.height * per_pixel
 
 
 def _with_uri(img: NormalizedImage, uri: str) -> NormalizedImage:

@@ -18,7 +18,7 @@ from datetime import UTC
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from models.contexts import find_context, save_context
@@ -186,8 +186,14 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
         job = row.model_copy()
     try:
         record = _judge(res, job)
-        with database_errors(), session_scope(res.engine) as session:
-            finish_judgment(session=session, judgment_id=judgment_id, verdict=record, token=token)
+        try:
+            with database_errors(), session_scope(res.engine) as session:
+                finish_judgment(session=session, judgment_id=judgment_id, verdict=record, token=token)
+        except IntegrityError as exc:  # an image id from `res.image_ids` is gone (database replaced?)
+            res.image_ids.clear()
+            raise DatabaseUnavailable(
+                f"verdict refers to rows that are gone, ids forgotten: {exc.orig}"
+            ) from exc
         _report(res, job, record.status, record=record)
         return JudgmentSummary(judgment_id=judgment_id, status=record.status, winner=record.winner)
     except ClaimLost as exc:

@@ -964,28 +964,58 @@ def test_metrics_endpoint_counts_requests_by_route_template(stack) -> None:  # t
     assert "pigreward_api_request_seconds_bucket" in text and "pigreward_judgments_total" in text
 
 
-def test_a_database_restart_costs_one_503_and_no_judgment(world: World) -> None:
-    """Connections dropped under the API and the worker (as by a Postgres restart): the API answers
-    503 + Retry-After (not 500) at most once, then serves again; the worker's next judgment is done."""
+def _drop_connections() -> int:
+    """What a database restart does to every open connection of the test database."""
     import psycopg
 
     from tests.support.services import postgres_admin_url
 
-    a = world.a
-    assert a.get("/v1/users").status_code == 200  # the pool holds a live connection now
     database = get_resources().engine.url.database
     with psycopg.connect(postgres_admin_url(), autocommit=True) as conn:
-        killed = conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
             (database,),
         ).fetchone()
-    assert killed and killed[0] >= 1
-    first = a.get("/v1/users")  # the pooled connection is a dead one (workers run without pre-ping)
+    return int(row[0]) if row else 0
+
+
+def test_a_connection_dropped_in_steady_use_costs_one_503(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections dropped under the API and the worker (as by a Postgres restart) while in use (no
+    idle ping): the API answers 503 + Retry-After (not 500) once, then serves again; the worker's
+    next judgment is done."""
+    import models.db
+
+    monkeypatch.setattr(models.db, "PING_AFTER_IDLE_S", 3600.0)
+    a = world.a
+    assert a.get("/v1/users").status_code == 200  # the pool holds a live connection now
+    assert _drop_connections() >= 1
+    first = a.get("/v1/users")  # the pooled connection is a dead one
     assert first.status_code == 503, first.text
     assert first.headers["retry-after"] == "1"
     assert first.json() == {"detail": "database unavailable, retry shortly"}
-    assert a.get("/v1/users").status_code == 200
+    assert a.get("/v1/users").status_code == 200  # the pool was rebuilt
     row = a.ok(
         "POST", "/v1/judgments", expect=202, json=judgment_spec(world.user, "after", world.warm, world.cold)
+    )
+    assert wait_judgment(a, row["id"])["status"] == "done"
+
+
+def test_an_idle_connection_dropped_is_replaced_before_use(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After idling past PING_AFTER_IDLE_S a pooled connection is pinged: a dead one is swapped for a
+    new one and the request never sees the restart."""
+    import models.db
+
+    monkeypatch.setattr(models.db, "PING_AFTER_IDLE_S", 0.0)
+    a = world.a
+    assert a.get("/v1/users").status_code == 200
+    assert _drop_connections() >= 1
+    assert a.get("/v1/users").status_code == 200
+    row = a.ok(
+        "POST", "/v1/judgments", expect=202, json=judgment_spec(world.user, "idle", world.warm, world.cold)
     )
     assert wait_judgment(a, row["id"])["status"] == "done"

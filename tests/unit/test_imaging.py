@@ -397,7 +397,7 @@ def test_loader_cache_is_bounded_by_decoded_bytes(
     for name, colour in (("a", RED), ("b", BLUE), ("c", (0, 255, 0))):
         (root / f"{name}.png").write_bytes(_encode(Image.new("RGB", (10, 10), colour)))
     calls = _count_normalize(monkeypatch)
-    loader = ImageLoader(store, ImageLimits(), cache_bytes=2 * 10 * 10 * 3)  # room for two pictures
+    loader = ImageLoader(store, ImageLimits(), cache_bytes=2 * 10 * 10 * 4)  # room for two pictures
     for uri in ("a.png", "b.png", "c.png", "b.png", "c.png"):
         loader.load(uri)
     assert calls == ["a.png", "b.png", "c.png"]

@@ -12,6 +12,7 @@ from models.tables import UserContext
 from models.users import add_reference, ensure_tenant, ensure_user
 from pigreward.synthetic import DrawParams, draw_image
 from workers.backends.lite import LiteBackend
+from workers.errors import TransientError
 from workers.imaging import ImageLimits, ImageLoader
 from workers.pipeline import Resources, ensure_context, run_judgment
 from workers.store import ImageStore, StoreConfig
@@ -99,3 +100,29 @@ def test_run_judgment_directly_and_a_duplicate_claim_is_skipped(res: Resources) 
     with session_scope(res.engine) as session:
         row = get_judgment(session=session, judgment_id=jid)
     assert row.attempts == 1 and row.claim_token is None  # type: ignore[union-attr]
+
+
+def test_image_ids_are_cached_and_a_stale_id_is_forgotten_and_retried(res: Resources) -> None:
+    _user(res, [(0, 1), (2, 3)])
+    with session_scope(res.engine) as session:
+        jids = record_judgments(
+            session=session,
+            specs=[
+                JudgmentSpec(tenant="default", user="u", prompt=p, image_a="6.png", image_b="7.png")
+                for p in ("first", "second")
+            ],
+        )
+    assert run_judgment(res=res, judgment_id=jids[0], token="t1").status == "done"
+    with session_scope(res.engine) as session:
+        row = get_judgment(session=session, judgment_id=jids[0])
+    assert set(res.image_ids.values()) == {row.image_a_id, row.image_b_id}  # type: ignore[union-attr]
+    sha_a = next(sha for sha, i in res.image_ids.items() if i == row.image_a_id)  # type: ignore[union-attr]
+    res.image_ids[sha_a] = 987_654  # as if the database had been replaced under the worker
+    with pytest.raises(TransientError):
+        run_judgment(res=res, judgment_id=jids[1], token="t2")
+    assert res.image_ids == {}  # forgotten: the retry looks the rows up again
+    summary = run_judgment(res=res, judgment_id=jids[1], token="t2")
+    assert summary.status == "done"
+    with session_scope(res.engine) as session:
+        again = get_judgment(session=session, judgment_id=jids[1])
+    assert (again.image_a_id, again.image_b_id) == (row.image_a_id, row.image_b_id)  # type: ignore[union-attr]
