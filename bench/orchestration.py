@@ -121,21 +121,15 @@ class Stack:
     tmp: Path
 
     def s3(self):  # type: ignore[no-untyped-def]
-        import boto3
+        from tests.support.services import s3_client
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        return s3_client(self.s3_endpoint)
 
 
 @contextmanager
 def real_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Redis + a fresh Postgres database + moto S3 (own process), configured into this process."""
-    from tests.support.services import postgres_database, redis_server
+    from tests.support.services import configured, postgres_database, redis_server, stack_env
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pigreward-bench-")))
@@ -144,37 +138,16 @@ def real_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
         s3_endpoint, moto_pid = stack.enter_context(moto_s3_process())
         (tmp / "images").mkdir()
         env = {
-            "PIGREWARD_BROKER_URL": f"{redis_url}/0",
-            "PIGREWARD_RESULT_BACKEND": f"{redis_url}/1",
-            "PIGREWARD_DATABASE_URL": database_url,
-            "PIGREWARD_S3_ENDPOINT_URL": s3_endpoint,
-            "PIGREWARD_S3_ACCESS_KEY_ID": "testing",
-            "PIGREWARD_S3_SECRET_ACCESS_KEY": "testing",
-            "PIGREWARD_IMAGE_ROOT": str(tmp / "images"),
-            "PIGREWARD_DATA_DIR": str(tmp / "data"),
+            **stack_env(
+                redis_url=redis_url,
+                database_url=database_url,
+                s3_endpoint=s3_endpoint,
+                image_root=tmp / "images",
+                data_dir=tmp / "data",
+            ),
             **(extra_env or {}),
         }
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        from models.db import upgrade
-        from pigreward.settings import get_settings, reset_settings
-        from tasks.app import celery_config
-        from tasks.runtime import reset_resources
-
-        def restore() -> None:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            reset_settings()
-            reset_resources()
-
-        stack.callback(restore)
-        reset_settings()
-        reset_resources()
-        app.conf.update(celery_config(get_settings()))
-        upgrade(database_url)
+        stack.enter_context(configured(env))
         st = Stack(env, database_url, redis_url, s3_endpoint, moto_pid, tmp)
         st.s3().create_bucket(Bucket=BUCKET)
         yield st

@@ -122,6 +122,62 @@ def moto_s3() -> Iterator[str]:
         server.stop()
 
 
+def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+    """A boto3 S3 client for a moto endpoint (moto accepts any credentials)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def stack_env(
+    *, redis_url: str, database_url: str, s3_endpoint: str, image_root: Path, data_dir: Path
+) -> dict[str, str]:
+    """The PIGREWARD_* settings that point the project at a private Redis, Postgres and moto S3."""
+    return {
+        "PIGREWARD_BROKER_URL": f"{redis_url}/0",
+        "PIGREWARD_RESULT_BACKEND": f"{redis_url}/1",
+        "PIGREWARD_DATABASE_URL": database_url,
+        "PIGREWARD_S3_ENDPOINT_URL": s3_endpoint,
+        "PIGREWARD_S3_ACCESS_KEY_ID": "testing",
+        "PIGREWARD_S3_SECRET_ACCESS_KEY": "testing",
+        "PIGREWARD_IMAGE_ROOT": str(image_root),
+        "PIGREWARD_DATA_DIR": str(data_dir),
+    }
+
+
+@contextmanager
+def configured(env: dict[str, str]) -> Iterator[None]:
+    """This process configured by `env`: settings, resources and the Celery app rebuilt, the database
+    migrated; the previous environment restored afterwards."""
+    from models.db import upgrade
+    from pigreward.settings import get_settings, reset_settings
+    from tasks.app import app, celery_config
+    from tasks.runtime import reset_resources
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        reset_settings()
+        reset_resources()
+        app.conf.update(celery_config(get_settings()))
+        upgrade(env["PIGREWARD_DATABASE_URL"])
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_settings()
+        reset_resources()
+
+
 @contextmanager
 def celery_worker(
     env: dict[str, str], queues: str, log: Path, pool: str = "threads", concurrency: int = 4
