@@ -1,27 +1,64 @@
-"""Dependencies shared by the routes: one database session per request, the caller's tenant."""
+"""Dependencies shared by the routes: the app's database sessions and image loader, the caller's tenant.
+
+The API owns what it needs, built once per app (`api.main.create_app`) from settings: its own database
+engine (`models.db`) and an image loader for uploads and the viewer. It borrows nothing of the
+workers' per-process wiring.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Cookie, Depends, Header, HTTPException, status
+from fastapi import Cookie, Depends, Header, HTTPException, Request, status
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from models.db import session_scope
+from core.settings import Settings
+from models.db import make_engine, session_scope
 from models.keys import verify_key
 from models.tables import Tenant
-from tasks.runtime import get_resources
+from tasks.config import image_loader
+from workers.imaging import ImageLoader
 
 KEY_COOKIE = "pigreward_key"
 
 
-def get_session() -> Iterator[Session]:
-    with session_scope(get_resources().engine) as session:
+@dataclass
+class ApiState:
+    """What one API app holds for its lifetime."""
+
+    db: Engine
+    images: ImageLoader
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiState:
+        return cls(db=make_engine(settings.resolved_database_url), images=image_loader(settings))
+
+
+def app_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.pigreward
+    return state
+
+
+StateDep = Annotated[ApiState, Depends(app_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    """One unit of work per request: committed when the route returns, rolled back if it raises."""
+    with session_scope(state.db) as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_images(state: StateDep) -> ImageLoader:
+    return state.images
+
+
+ImagesDep = Annotated[ImageLoader, Depends(get_images)]
 
 
 def api_key(

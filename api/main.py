@@ -13,9 +13,10 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import ApiState
 from api.metrics import RequestMetrics
 from api.routes import health, judgments, users, viewer
-from pigreward.settings import get_settings
+from core.settings import get_settings
 from tasks.metrics import CONTENT_TYPE_LATEST, render_latest
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Personalized pairwise judging of text-to-image outputs (PIGReward) as a batch job queue.",
     )
+    app.state.pigreward = ApiState.from_settings(settings)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
     app.include_router(health.router)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from pigreward.settings import get_settings
+from core.enums import JudgmentStatus, Winner
+from core.settings import get_settings
+from models.tables import Batch, DimensionScore, EndUser, Judgment
 
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@+-]+$")]
 BackendName = Literal["lite", "sglang", "hf"]
@@ -61,6 +63,12 @@ class UserPublic(BaseModel):
     references: int
     contexts: int
 
+    @classmethod
+    def of(cls, user: EndUser, references: int, contexts: int) -> UserPublic:
+        return cls(
+            external_id=user.external_id, created_at=user.created_at, references=references, contexts=contexts
+        )
+
 
 class ReferenceCreate(Strict):
     prompt: Prompt
@@ -69,10 +77,12 @@ class ReferenceCreate(Strict):
 
 
 class ReferencePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     prompt: str
-    chosen: str
-    rejected: str
+    chosen: str = Field(validation_alias=AliasChoices("chosen", "chosen_uri"))
+    rejected: str = Field(validation_alias=AliasChoices("rejected", "rejected_uri"))
     created_at: datetime
 
 
@@ -82,6 +92,8 @@ class ContextRequest(Strict):
 
 
 class ContextPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     backend: str
     model_id: str
@@ -114,6 +126,8 @@ class JudgmentCreate(Strict):
 
 
 class DimensionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     score_a: float
     score_b: float
@@ -122,12 +136,12 @@ class DimensionPublic(BaseModel):
 
 class JudgmentPublic(BaseModel):
     id: int
-    user: str
+    user: str = Field(validation_alias=AliasChoices("user", "user_ref"))
     prompt: str
-    image_a: str
-    image_b: str
-    status: str
-    winner: str | None
+    image_a: str = Field(validation_alias=AliasChoices("image_a", "image_a_uri"))
+    image_b: str = Field(validation_alias=AliasChoices("image_b", "image_b_uri"))
+    status: JudgmentStatus
+    winner: Winner | None
     total_a: float | None
     total_b: float | None
     dimensions: list[DimensionPublic]
@@ -148,6 +162,10 @@ class JudgmentPublic(BaseModel):
     created_at: datetime
     finished_at: datetime | None
 
+    @classmethod
+    def of(cls, row: Judgment, dimensions: list[DimensionScore]) -> JudgmentPublic:
+        return cls.model_validate({**row.model_dump(), "dimensions": [d.model_dump() for d in dimensions]})
+
 
 class BatchCreate(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "batch"
@@ -162,6 +180,19 @@ class BatchPublic(BaseModel):
     finished: bool
     cancelled: bool
     created_at: datetime
+
+    @classmethod
+    def of(cls, batch: Batch, counts: dict[str, int], finished: bool) -> BatchPublic:
+        assert batch.id is not None
+        return cls(
+            id=batch.id,
+            name=batch.name,
+            total=batch.total,
+            counts=counts,
+            finished=finished,
+            cancelled=batch.cancelled_at is not None,
+            created_at=batch.created_at,
+        )
 
 
 class DeletedUser(BaseModel):

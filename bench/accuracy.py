@@ -120,16 +120,20 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import col, select
 
+from core.enums import JudgmentStatus
+from core.errors import PigrewardError
+from core.settings import Settings
+from models.batches import create_batch
 from models.db import session_scope, upgrade
-from models.ledger import JudgmentSpec, create_batch
-from models.rescore import archive_and_requeue
-from models.tables import Judgment, JudgmentStatus, UserContext
-from models.users import add_reference, ensure_tenant, ensure_user, list_references
+from models.judgments import JudgmentSpec
+from models.references import add_reference, list_references
+from models.rescoring import archive_and_requeue
+from models.tables import Judgment, UserContext
+from models.tenants import ensure_tenant
+from models.users import ensure_user
 from pigreward import synthetic
 from pigreward.progress import bar, wait_for_judgments
-from pigreward.settings import Settings
 from workers.backends.lite import MIN_SCALE, LiteBackend
-from workers.errors import PigrewardError
 from workers.features import extract
 from workers.imaging import NormalizedImage
 from workers.pipeline import references_hash
@@ -759,11 +763,11 @@ def _stored(session: Any, user_id: int) -> set[tuple[str, str, str]]:
 
 def _plan(res: Any, bench: Benchmark, tenant: str, spec: BackendSpec, embedded: bool) -> _BackendRun:
     """Find what the ledger already holds for this backend; archive stale verdicts; list what to send."""
-    from tasks.judging import spec_from_call
-    from workers.rescore import why_stale
+    from tasks.submit import judgment_spec
+    from workers.rescoring import why_stale
 
     specs = [
-        spec_from_call(u.user, t.prompt, t.image_a, t.image_b, spec.options, tenant)
+        judgment_spec(u.user, t.prompt, t.image_a, t.image_b, spec.options, tenant)
         for u in bench.users
         for t in u.tests
     ]
@@ -771,7 +775,7 @@ def _plan(res: Any, bench: Benchmark, tenant: str, spec: BackendSpec, embedded: 
     ids: dict[int, int] = {}
     pending: list[int] = []
     backend = None
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
         keys = [s.key(tenant_id) for s in specs]
         found: dict[str, tuple[Judgment, UserContext | None]] = {}
@@ -1059,7 +1063,7 @@ def run_accuracy(
     t = stage("load", started)
 
     res = get_resources()
-    register_users(bench, tenant, res.engine)
+    register_users(bench, tenant, res.db)
     runs = [_plan(res, bench, tenant, s, settings.embedded_broker) for s in specs]
     t = stage("register", t)
     batch_id = _judge_on_queue(
@@ -1072,7 +1076,7 @@ def run_accuracy(
         chunk_size=chunk_size,
         progress=progress,
         timeout_s=timeout_s,
-        engine=res.engine,
+        engine=res.db,
     )
     t = stage("judge", t)
 
@@ -1080,7 +1084,7 @@ def run_accuracy(
     kinds: dict[str, str] = {}
     versions: dict[str, list[str]] = {}
     for run in runs:
-        outcomes[run.spec.label], versions[run.spec.label] = _read_outcomes(run, bench, res.engine)
+        outcomes[run.spec.label], versions[run.spec.label] = _read_outcomes(run, bench, res.db)
         kinds[run.spec.label] = "backend"
     if baselines:
         features = image_features(bench.uris(), res.loader.load, progress)

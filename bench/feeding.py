@@ -4,8 +4,8 @@ SGLang batches whatever is in flight, so what a worker must deliver is concurren
 latency L and R requests in flight, the best a worker can do is R / L judgments/s (Little's law).
 This runs the real stack (private Redis, a fresh Postgres database, moto S3) and ONE worker process
 (`pigreward worker`, threads pool) with the `sglang` backend pointed at
-`tests.support.fake_openai.fake_openai_server(delay=L)`, an OpenAI-compatible server that answers
-every request after L seconds, with no limit on concurrency, and counts requests in flight.
+`bench.stub_lvlm.stub_lvlm_server(delay=L)`, an OpenAI-compatible server that answers every
+request after L seconds, with no limit on concurrency, and counts requests in flight.
 Bulk judgments (`submit_judgments(..., chunk_size=--chunk)`, swap off by default so one judgment is
 one request) are timed from the first submit to the last `finished_at` in the ledger.
 
@@ -167,11 +167,11 @@ class FeedRun:
 def run_one(
     stack: Stack, users: Sequence[str], uris: Sequence[str], args: argparse.Namespace, setup: Setup, k: int
 ) -> FeedRun:
+    from bench.stub_lvlm import stub_lvlm_server
+    from ops.stack import celery_worker
     from tasks import submit_judgments
-    from tests.support.fake_openai import fake_openai_server
-    from tests.support.services import celery_worker
 
-    with fake_openai_server(delay=args.delay) as (url, state):
+    with stub_lvlm_server(delay=args.delay) as (url, state):
         env = {
             **stack.env,
             "PIGREWARD_BACKEND": "sglang",

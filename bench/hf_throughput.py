@@ -26,70 +26,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-QWEN2_VL_7B = {  # the released PIGReward checkpoints' shape (Qwen2-VL-7B)
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0,
-    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-    "vision_config": {
-        "depth": 32,
-        "embed_dim": 1280,
-        "hidden_size": 3584,
-        "mlp_ratio": 4,
-        "num_heads": 16,
-        "in_chans": 3,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    },
-}
-
-
-def build(shape: str, device: str, workdir: Path):  # type: ignore[no-untyped-def]
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    from pigreward.tiny_vlm import build_tokenizer, tiny_config
-    from workers.backends.qwen_vision import VisionSpec
-
-    tokenizer = build_tokenizer(workdir / "tok")
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
-    ids.update(
-        {
-            t: tokenizer.convert_tokens_to_ids(t)
-            for t in (
-                "<|image_pad|>",
-                "<|video_pad|>",
-                "<|vision_start|>",
-                "<|vision_end|>",
-                "<|im_end|>",
-                "<|endoftext|>",
-            )
-        }
-    )
-    cfg = tiny_config("qwen2_vl", ids, len(tokenizer))
-    if shape == "7b":
-        cfg.update(QWEN2_VL_7B)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    config = Qwen2VLConfig(**cfg)
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
-    return model, tokenizer, VisionSpec(max_pixels=448 * 448)
+if str(REPO) not in sys.path:  # run as a script: `python bench/hf_throughput.py`
+    sys.path.insert(0, str(REPO))
 
 
 def workload(tokenizer, batch: int, context_tokens: int, image_px: int, gen_tokens: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    from pigreward.synthetic import DrawParams, draw_image
-    from pigreward.tiny_vlm import CORPUS
+    from bench.random_vlm import CORPUS
+    from workers.drawing import DrawParams, draw_image
     from workers.generation import Sampling
     from workers.imaging import ImageLimits, normalize
     from workers.protocols import get_protocol
@@ -143,8 +86,10 @@ def main() -> None:
 
     import torch
 
+    from bench.random_vlm import random_model
     from workers.backends.hf import _Model
     from workers.backends.hf_config import HFEngineConfig
+    from workers.backends.qwen_vision import VisionSpec
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
@@ -154,7 +99,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        loaded = build(args.shape, device, Path(tmp))
+        model, tokenizer = random_model(args.shape, device, Path(tmp))
+        loaded = (model, tokenizer, VisionSpec(max_pixels=448 * 448))
         print(
             f"model built in {time.perf_counter() - t0:.1f}s "
             f"({sum(p.numel() for p in loaded[0].parameters()) / 1e9:.2f}B parameters)"

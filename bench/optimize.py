@@ -9,21 +9,18 @@ the user prefers. Goal: the final prompt wins at least 70% of held-out compariso
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass
 
-from models.db import session_scope, upgrade
-from models.tables import OptimizationRun
+from core.enums import RunStatus
+from core.settings import Settings
+from models.db import upgrade
 from pigreward import synthetic
 from pigreward.demo import register_synthetic_users
-from pigreward.progress import bar
-from pigreward.settings import Settings
-from tasks import app
-from tasks.embedded import embedded_worker
-from tasks.optimizing import start_optimization
-from tasks.runtime import get_resources
-from workers.optimize.generators import draw_params
+from pigreward.progress import bar, wait_for_run
+from tasks.embedded import worker_if_embedded
+from tasks.runtime import get_db
+from tasks.submit import submit_optimization
+from workers.optimization.generators import draw_params
 
 BASE_PROMPTS = ("a quiet harbour at dawn", "a bowl of fruit on a table", "a city street after rain")
 
@@ -63,25 +60,18 @@ def run_bench(
     data = synthetic.generate(
         settings.resolved_image_root / "bench-optimize", users=users, images=120, seed=seed
     )
-    res = get_resources()
+    db = get_db()
     tenant = "bench-optimize"
     register_synthetic_users(data, tenant=tenant, uri_prefix="file://bench-optimize/")
     outcomes = []
-    worker = embedded_worker(app) if settings.embedded_broker else contextlib.nullcontext()
-    with worker, bar(len(data.users), "optimizing", progress, unit="user") as pbar:
+    with worker_if_embedded(), bar(len(data.users), "optimizing", progress, unit="user") as pbar:
         for n, u in enumerate(data.users):
             base = BASE_PROMPTS[n % len(BASE_PROMPTS)]
-            run_id = start_optimization(
+            run_id, _ = submit_optimization(
                 user=u.user_id, prompt=base, rounds=rounds, k=k, tenant=tenant, backend="lite", seed=seed + n
             )
-            while True:
-                with session_scope(res.engine) as session:
-                    run = session.get(OptimizationRun, run_id)
-                    assert run is not None
-                    if run.status in ("done", "failed"):
-                        break
-                time.sleep(0.2)
-            if run.status == "failed":
+            run = wait_for_run(db, run_id)
+            if run.status == RunStatus.failed:
                 raise RuntimeError(f"optimization {run_id} failed: {run.error}")
             best = run.best_prompt or base
             outcomes.append(

@@ -20,7 +20,7 @@ process; by default every load still GETs the object from S3 (keys may be overwr
 
 Set-up per run: a private redis-server, a fresh database on the local Postgres (dropped afterwards),
 moto's S3 server in a child process (so its CPU is not charged to this process's GIL), N distinct
-512x512 PNGs drawn with `pigreward.synthetic.draw_image` (or smooth noise, `--image-kind noise`,
+512x512 PNGs drawn with `workers.drawing.draw_image` (or smooth noise, `--image-kind noise`,
 ~460 KB each, the size of a real generated PNG), users with 5-15 reference pairs, contexts built
 through the queue before timing. Judgments go in as `submit_judgments(..., chunk_size=--chunk)`, i.e.
 `judge_chunk` messages on `bulk`. Workers are `celery -A bench.orchestration:app worker` (the project
@@ -83,7 +83,7 @@ def _moto_child(conn: Any) -> None:  # runs in a spawned process
     import logging
 
     sys.path.insert(0, str(REPO))
-    from tests.support.services import moto_s3
+    from ops.stack import moto_s3
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per GET otherwise
 
@@ -94,7 +94,7 @@ def _moto_child(conn: Any) -> None:  # runs in a spawned process
 
 @contextmanager
 def moto_s3_process() -> Iterator[tuple[str, int]]:
-    """`tests.support.services.moto_s3` in its own process; yields (endpoint URL, pid)."""
+    """`ops.stack.moto_s3` in its own process; yields (endpoint URL, pid)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_moto_child, args=(child,), daemon=True)
@@ -121,7 +121,7 @@ class Stack:
     tmp: Path
 
     def s3(self):  # type: ignore[no-untyped-def]
-        from tests.support.services import s3_client
+        from ops.stack import s3_client
 
         return s3_client(self.s3_endpoint)
 
@@ -129,7 +129,7 @@ class Stack:
 @contextmanager
 def real_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Redis + a fresh Postgres database + moto S3 (own process), configured into this process."""
-    from tests.support.services import configured, postgres_database, redis_server, stack_env
+    from ops.stack import configured, postgres_database, redis_server, stack_env
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pigreward-bench-")))
@@ -166,7 +166,7 @@ def worker_processes(
     app_path: str = "bench.orchestration:app",
 ) -> Iterator[list[subprocess.Popen]]:
     """`processes` worker processes (`celery -A app_path worker`), each ready once it logs `ready.`."""
-    from tests.support.services import wait_until
+    from ops.stack import wait_until
 
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
@@ -330,10 +330,10 @@ def postgres_sessions() -> int:
     """Connections ever opened to this run's database (pg_stat_database.sessions, Postgres >= 14)."""
     import sqlalchemy as sa
 
-    from tasks.runtime import get_resources
+    from tasks.runtime import get_db
 
     try:
-        with get_resources().engine.connect() as conn:
+        with get_db().connect() as conn:
             return int(
                 conn.execute(
                     sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
@@ -351,9 +351,9 @@ def postgres_backends() -> dict[int, float]:
     """
     import sqlalchemy as sa
 
-    from tasks.runtime import get_resources
+    from tasks.runtime import get_db
 
-    with get_resources().engine.connect() as conn:
+    with get_db().connect() as conn:
         pids = conn.execute(
             sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
         ).scalars()
@@ -373,7 +373,7 @@ def _png(args: tuple[int, str, int]) -> bytes:
         small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
         img = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
     else:
-        from pigreward.synthetic import ATTRIBUTES, DrawParams, draw_image
+        from workers.drawing import ATTRIBUTES, DrawParams, draw_image
 
         img = draw_image(DrawParams(**{a: float(rng.random()) for a in ATTRIBUTES}, seed=i), size=size)
     buf = io.BytesIO()
@@ -418,13 +418,15 @@ def upload_images(
 def create_users(uris: Sequence[str], n_users: int, seed: int = 0) -> list[str]:
     """Users with 5-15 reference pairs each, drawn from the uploaded images."""
     from models.db import session_scope
-    from models.users import add_reference, ensure_tenant, ensure_user
+    from models.references import add_reference
+    from models.tenants import ensure_tenant
+    from models.users import ensure_user
     from pigreward.synthetic import PROMPTS
-    from tasks.runtime import get_resources
+    from tasks.runtime import get_db
 
     rng = random.Random(seed)
     names = [f"user{u:03d}" for u in range(n_users)]
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         tenant = ensure_tenant(session=session, name="default")
         for name in names:
             user = ensure_user(session=session, tenant_id=tenant.id, external_id=name)  # type: ignore[arg-type]
@@ -460,7 +462,7 @@ def judgment_specs(
     seed: int = 1,
     swap: bool = False,
 ) -> list[Any]:
-    from models.ledger import JudgmentSpec
+    from models.judgments import JudgmentSpec
     from pigreward.synthetic import PROMPTS
 
     rng = random.Random(seed)
@@ -580,9 +582,9 @@ def _q(values: list[float], q: float) -> float:
 def ledger_stats(first_id: int, last_id: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
     import sqlalchemy as sa
 
-    from tasks.runtime import get_resources
+    from tasks.runtime import get_db
 
-    with get_resources().engine.connect() as conn:
+    with get_db().connect() as conn:
         rows = conn.execute(
             sa.text(
                 "SELECT status, created_at, started_at, finished_at, timings FROM judgment "
@@ -598,9 +600,9 @@ def wait_terminal(first_id: int, last_id: int, n: int, timeout_s: float) -> None
     import sqlalchemy as sa
 
     from pigreward.progress import bar
-    from tasks.runtime import get_resources
+    from tasks.runtime import get_db
 
-    engine = get_resources().engine
+    engine = get_db()
     deadline = time.monotonic() + timeout_s
     query = sa.text(
         "SELECT count(*) FROM judgment WHERE id BETWEEN :a AND :b AND status IN :terminal"

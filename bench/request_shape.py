@@ -100,7 +100,7 @@ def make_images(n: int, size: int, seed: int) -> list[Any]:
     """n normalized images (as the pipeline makes them) from `draw_image` PNGs of size x size."""
     import numpy as np
 
-    from pigreward.synthetic import ATTRIBUTES, DrawParams, draw_image
+    from workers.drawing import ATTRIBUTES, DrawParams, draw_image
     from workers.imaging import ImageLimits, normalize
 
     rng = np.random.default_rng(seed)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from models.tables import ContextStatus, UserContext
+from core.enums import ContextStatus
+from models.tables import UserContext
 from models.upsert import insert_ignore
 
 _VERSION_COLUMNS = ["user_id", "references_hash", "backend", "model_id", "model_revision", "template_version"]
@@ -65,3 +66,9 @@ def save_context(
     insert_ignore(session, UserContext, [row], _VERSION_COLUMNS)
     stmt = select(UserContext).where(*[getattr(UserContext, c) == row[c] for c in _VERSION_COLUMNS])
     return session.exec(stmt).one()
+
+
+def latest_context(*, session: Session, user_id: int) -> UserContext | None:
+    """The user's most recently built context, whatever its versions (what the API and viewer show)."""
+    stmt = select(UserContext).where(UserContext.user_id == user_id).order_by(col(UserContext.id).desc())
+    return session.exec(stmt).first()

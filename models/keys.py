@@ -9,7 +9,7 @@ import secrets
 from sqlmodel import Session, col, select
 
 from models.tables import ApiKey, Tenant, utcnow
-from models.users import ensure_tenant
+from models.tenants import ensure_tenant
 
 KEY_PREFIX = "pgr"
 

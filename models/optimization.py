@@ -6,7 +6,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from models.ledger import dimensions_of
+from core.enums import FINISHED_RUNS, RunStatus, Winner
+from models.judgments import dimensions_of
 from models.tables import (
     Judgment,
     OptimizationCandidate,
@@ -14,7 +15,7 @@ from models.tables import (
     OptimizationRun,
     utcnow,
 )
-from models.users import ensure_tenant
+from models.tenants import ensure_tenant, tenant_name
 
 
 def create_run(
@@ -47,6 +48,20 @@ def create_run(
     return run
 
 
+def start_run(*, session: Session, run_id: int) -> tuple[OptimizationRun, str]:
+    """Mark a recorded run `running`; a detached copy of its row and its tenant's name."""
+    run = session.get(OptimizationRun, run_id)
+    if run is None:
+        raise LookupError(f"optimization run {run_id} does not exist")
+    run.status = RunStatus.running
+    session.add(run)
+    return run.model_copy(), tenant_name(session=session, tenant_id=run.tenant_id)
+
+
+def get_run(*, session: Session, run_id: int) -> OptimizationRun | None:
+    return session.get(OptimizationRun, run_id)
+
+
 def add_candidate(
     *, session: Session, run_id: int, round: int, prompt: str, image_uri: str, seed: int
 ) -> int:
@@ -64,7 +79,7 @@ def record_pair(
     candidate_a: int,
     candidate_b: int,
     judgment_id: int,
-    winner: str | None,
+    winner: Winner | None,
 ) -> None:
     session.add(
         OptimizationPair(
@@ -76,20 +91,20 @@ def record_pair(
             winner=winner,
         )
     )
-    for cid, score in ((candidate_a, _score(winner, "A")), (candidate_b, _score(winner, "B"))):
-        if score is None:
-            continue
+    for cid, score in ((candidate_a, _score(winner, Winner.A)), (candidate_b, _score(winner, Winner.B))):
         cand = session.get(OptimizationCandidate, cid)
-        cand.wins += score  # type: ignore[union-attr]
-        cand.games += 1  # type: ignore[union-attr]
+        if score is None or cand is None:
+            continue
+        cand.wins += score
+        cand.games += 1
         session.add(cand)
 
 
-def _score(winner: str | None, side: str) -> float | None:
+def _score(winner: Winner | None, side: Winner) -> float | None:
     """Win-count scoring: a win 1, a tie or disagreeing orders 0.5, an invalid judgment not a game."""
-    if winner in ("A", "B"):
+    if winner in (Winner.A, Winner.B):
         return 1.0 if winner == side else 0.0
-    if winner in ("tie", "inconsistent"):
+    if winner in (Winner.tie, Winner.inconsistent):
         return 0.5
     return None
 
@@ -108,10 +123,10 @@ def export_pairs(*, session: Session, run_id: int) -> list[dict[str, Any]]:
     )
     rows = []
     for pair in pairs:
-        if pair.winner not in ("A", "B"):
+        if pair.winner not in (Winner.A, Winner.B):
             continue
         a, b = candidates[pair.candidate_a_id], candidates[pair.candidate_b_id]
-        chosen, rejected = (a, b) if pair.winner == "A" else (b, a)
+        chosen, rejected = (a, b) if pair.winner == Winner.A else (b, a)
         if chosen.prompt == rejected.prompt:
             continue
         judgment = session.get(Judgment, pair.judgment_id)
@@ -119,7 +134,7 @@ def export_pairs(*, session: Session, run_id: int) -> list[dict[str, Any]]:
         better = [
             d.reason or d.name
             for d in dims
-            if (d.score_a > d.score_b if pair.winner == "A" else d.score_b > d.score_a)
+            if (d.score_a > d.score_b if pair.winner == Winner.A else d.score_b > d.score_a)
         ]
         rows.append(
             {
@@ -142,7 +157,7 @@ def finish_run(*, session: Session, run_id: int, **values: Any) -> None:
         return
     for key, value in values.items():
         setattr(run, key, value)
-    if values.get("status") in ("done", "failed"):
+    if values.get("status") in FINISHED_RUNS:
         run.finished_at = utcnow()
     session.add(run)
 

@@ -1,7 +1,7 @@
 """SQLModel tables: the ledger of everything asked for and everything the models said.
 
-Statuses and winners are str enums stored as short strings (portable across SQLite and Postgres,
-no database enum types to migrate). Natural keys are sha256 hex digests of the identifying fields,
+Statuses and winners are the str enums of `core.enums`, stored as short strings (portable across
+SQLite and Postgres, no database enum types to migrate). Natural keys are sha256 hex digests of the identifying fields,
 so a UNIQUE constraint on one short column makes re-sends idempotent on both databases.
 """
 
@@ -14,6 +14,25 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import JSON, Column, Field, SQLModel
 
+from core.enums import ContextStatus, JudgmentStatus, RunStatus, Winner
+
+
+class EnumText(sa.types.TypeDecorator[StrEnum]):
+    """A str enum stored as its short string: written as the value, read back as the enum member."""
+
+    impl = sa.String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -24,39 +43,6 @@ def _ts(nullable: bool = False) -> Any:
     if nullable:
         return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=True)
     return Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True), nullable=False)
-
-
-class JudgmentStatus(StrEnum):
-    queued = "queued"  # ledger row written, message sent (or about to be)
-    running = "running"  # a worker took it
-    done = "done"  # valid verdict stored
-    invalid = "invalid"  # the model answered, but not in the protocol: reason + raw text kept
-    rejected = "rejected"  # bad input (missing image, unknown user...): permanent, reason kept
-    failed = "failed"  # transient errors outlasted the retries, or an internal error
-    cancelled = "cancelled"  # its batch was cancelled before a worker took it
-
-
-TERMINAL_STATUSES = frozenset(
-    {
-        JudgmentStatus.done,
-        JudgmentStatus.invalid,
-        JudgmentStatus.rejected,
-        JudgmentStatus.failed,
-        JudgmentStatus.cancelled,
-    }
-)
-
-
-class Winner(StrEnum):
-    A = "A"
-    B = "B"
-    tie = "tie"
-    inconsistent = "inconsistent"  # both orders judged and they disagree
-
-
-class ContextStatus(StrEnum):
-    ready = "ready"
-    failed = "failed"
 
 
 class Tenant(SQLModel, table=True):
@@ -144,7 +130,7 @@ class UserContext(SQLModel, table=True):
     model_id: str = Field(max_length=200)
     model_revision: str = Field(max_length=100)
     template_version: str = Field(max_length=50)
-    status: str = Field(max_length=16, default=ContextStatus.ready)
+    status: ContextStatus = Field(default=ContextStatus.ready, sa_type=EnumText(ContextStatus))
     rationales: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_type=sa.Text)
@@ -194,8 +180,10 @@ class Judgment(SQLModel, table=True):
     model_revision: str | None = Field(default=None, max_length=100)
     template_version: str | None = Field(default=None, max_length=50)
     swap: bool = False
-    status: str = Field(default=JudgmentStatus.queued, max_length=16, index=True)
-    winner: str | None = Field(default=None, max_length=16)
+    status: JudgmentStatus = Field(
+        default=JudgmentStatus.queued, sa_type=EnumText(JudgmentStatus), index=True
+    )
+    winner: Winner | None = Field(default=None, sa_type=EnumText(Winner))
     total_a: float | None = None
     total_b: float | None = None
     rationale: str | None = Field(default=None, sa_type=sa.Text)
@@ -245,7 +233,7 @@ class RescoreRun(SQLModel, table=True):
     __tablename__ = "rescore_run"
     id: int | None = Field(default=None, primary_key=True)
     run_key: str = Field(max_length=100, unique=True)
-    status: str = Field(default="running", max_length=16)  # running | done | failed
+    status: RunStatus = Field(default=RunStatus.running, sa_type=EnumText(RunStatus))
     requeued: int = 0
     by_reason: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -267,7 +255,7 @@ class OptimizationRun(SQLModel, table=True):
     generator: str = Field(max_length=32)
     rounds: int
     k: int
-    status: str = Field(default="queued", max_length=16)  # queued | running | done | failed
+    status: RunStatus = Field(default=RunStatus.queued, sa_type=EnumText(RunStatus))
     rounds_done: int = 0
     best_prompt: str | None = Field(default=None, sa_type=sa.Text)
     best_win_rate: float | None = None  # the judge's win rate of the best prompt against the base prompt
@@ -301,4 +289,4 @@ class OptimizationPair(SQLModel, table=True):
     candidate_a_id: int = Field(foreign_key="optimization_candidate.id")
     candidate_b_id: int = Field(foreign_key="optimization_candidate.id")
     judgment_id: int = Field(foreign_key="judgment.id", index=True)
-    winner: str | None = Field(default=None, max_length=16)
+    winner: Winner | None = Field(default=None, sa_type=EnumText(Winner))

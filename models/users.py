@@ -1,9 +1,9 @@
-"""Tenants, end users and their reference pairs."""
+"""End users: the people whose taste is modelled, known to their tenant by an external id."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from models.tables import (
     BatchItem,
@@ -15,19 +15,9 @@ from models.tables import (
     OptimizationPair,
     OptimizationRun,
     ReferencePair,
-    Tenant,
     UserContext,
 )
-from models.upsert import insert_ignore, natural_key
-
-
-def ensure_tenant(*, session: Session, name: str) -> Tenant:
-    insert_ignore(session, Tenant, [{"name": name}], ["name"])
-    return session.exec(select(Tenant).where(Tenant.name == name)).one()
-
-
-def find_tenant(*, session: Session, name: str) -> Tenant | None:
-    return session.exec(select(Tenant).where(Tenant.name == name)).first()
+from models.upsert import insert_ignore
 
 
 def ensure_user(*, session: Session, tenant_id: int, external_id: str) -> EndUser:
@@ -42,31 +32,6 @@ def find_user(*, session: Session, tenant_id: int, external_id: str) -> EndUser 
     return session.exec(stmt).first()
 
 
-def reference_key(user_id: int, prompt: str, chosen_uri: str, rejected_uri: str) -> str:
-    return natural_key("reference", user_id, prompt, chosen_uri, rejected_uri)
-
-
-def add_reference(
-    *, session: Session, user_id: int, prompt: str, chosen_uri: str, rejected_uri: str
-) -> ReferencePair:
-    """Add one (prompt, chosen, rejected) pair; adding the same pair twice keeps one row."""
-    key = reference_key(user_id, prompt, chosen_uri, rejected_uri)
-    row = {
-        "key": key,
-        "user_id": user_id,
-        "prompt": prompt,
-        "chosen_uri": chosen_uri,
-        "rejected_uri": rejected_uri,
-    }
-    insert_ignore(session, ReferencePair, [row], ["key"])
-    return session.exec(select(ReferencePair).where(ReferencePair.key == key)).one()
-
-
-def list_references(*, session: Session, user_id: int) -> list[ReferencePair]:
-    stmt = select(ReferencePair).where(ReferencePair.user_id == user_id).order_by(col(ReferencePair.id))
-    return list(session.exec(stmt))
-
-
 def list_users(*, session: Session, tenant_id: int, limit: int = 100, offset: int = 0) -> list[EndUser]:
     stmt = (
         select(EndUser)
@@ -76,6 +41,13 @@ def list_users(*, session: Session, tenant_id: int, limit: int = 100, offset: in
         .offset(offset)
     )
     return list(session.exec(stmt))
+
+
+def user_counts(*, session: Session, user_id: int) -> tuple[int, int]:
+    """(reference pairs, contexts) of a user."""
+    refs = session.exec(select(func.count()).where(ReferencePair.user_id == user_id)).one()
+    contexts = session.exec(select(func.count()).where(UserContext.user_id == user_id)).one()
+    return refs, contexts
 
 
 def delete_user(*, session: Session, tenant_id: int, external_id: str) -> dict[str, int] | None:

@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     broker = args.broker
     if broker is None:
-        from pigreward.settings import get_settings
+        from core.settings import get_settings
 
         broker = get_settings().broker_url
     password = os.environ.get(args.password_env)

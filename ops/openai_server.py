@@ -18,7 +18,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from workers.errors import BackendRejected, PermanentError
+from core.errors import BackendRejected, PermanentError
 from workers.generation import ChatMessage, Engine, GenerationRequest, ImagePart, Sampling, TextPart
 from workers.imaging import ImageLimits, normalize
 

@@ -7,25 +7,28 @@ and a non-personalized (one global model) baseline.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from core.settings import Settings
+from models.batches import create_batch
 from models.db import session_scope, upgrade
-from models.ledger import create_batch, get_judgment
-from models.users import add_reference, ensure_tenant, ensure_user
+from models.judgments import get_judgment
+from models.references import add_reference
+from models.tenants import ensure_tenant
+from models.users import ensure_user
 from pigreward import synthetic
 from pigreward.progress import bar, wait_for_judgments
-from pigreward.settings import Settings
-from tasks import app, bootstrap_context, submit_judgments
-from tasks.embedded import embedded_worker
-from tasks.judging import spec_from_call
-from tasks.runtime import get_resources
+from tasks import bootstrap_context
+from tasks.config import image_loader
+from tasks.embedded import worker_if_embedded
+from tasks.runtime import get_db
+from tasks.submit import judgment_spec, submit_judgments
 from workers.backends.lite import LiteBackend
+from workers.imaging import ImageLoader
 from workers.schemas import ReferenceExample
 
 log = logging.getLogger(__name__)
@@ -80,7 +83,7 @@ class DemoReport:
 
 def register_synthetic_users(data: synthetic.SyntheticSet, *, tenant: str, uri_prefix: str) -> None:
     """Create the simulated users and their reference pairs (images at `uri_prefix` + relative path)."""
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
         for u in data.users:
             row = ensure_user(session=session, tenant_id=tenant_id, external_id=u.user_id)
@@ -117,24 +120,23 @@ def run_demo(
             seed=seed,
             progress=pbar.update,
         )
-    res = get_resources()
+    db = get_db()
     tenant = settings.default_tenant
 
     def uri(name: str) -> str:
         return f"file://demo/{name}"
 
     register_synthetic_users(data, tenant=tenant, uri_prefix="file://demo/")
-    with session_scope(res.engine) as session:
+    with session_scope(db) as session:
         batch = create_batch(session=session, tenant=tenant, name=f"demo seed={seed}", kind="demo")
         batch_id = batch.id
     options = {"backend": backend, **({"protocol": protocol} if protocol else {})}
     specs = [
-        spec_from_call(u.user_id, t.prompt, uri(t.image_a), uri(t.image_b), options, tenant, batch_id)
+        judgment_spec(u.user_id, t.prompt, uri(t.image_a), uri(t.image_b), options, tenant, batch_id)
         for u in data.users
         for t in u.tests
     ]
-    worker = embedded_worker(app) if settings.embedded_broker else contextlib.nullcontext()
-    with worker:
+    with worker_if_embedded():
         contexts = [
             bootstrap_context.delay(u.user_id, tenant=tenant, backend=backend, protocol=protocol)
             for u in data.users
@@ -146,25 +148,26 @@ def run_demo(
                     log.warning("context of %s: %s", outcome["user"], outcome.get("error"))
                 pbar.update(1)
         ids = submit_judgments(specs)
-        statuses = wait_for_judgments(res.engine, ids, progress=progress)
+        statuses = wait_for_judgments(db, ids, progress=progress)
 
     scores = {u.user_id: UserScore(u.user_id, len(u.references)) for u in data.users}
     labels = [(u.user_id, t) for u in data.users for t in u.tests]
-    with session_scope(res.engine) as session:
+    with session_scope(db) as session:
         for judgment_id, (user_id, test) in zip(ids, labels, strict=True):
             row = get_judgment(session=session, judgment_id=judgment_id)
             score = scores[user_id]
             score.tests += 1
             if row is not None and row.winner == test.label:
                 score.correct[backend] = score.correct.get(backend, 0) + 1
-    _baselines(data, set_dir, scores, seed)
+    _baselines(data, image_loader(settings), scores, seed)
     methods = [backend, "random", "non-personalized"]
     return DemoReport(methods, list(scores.values()), statuses, time.perf_counter() - started, batch_id)  # type: ignore[arg-type]
 
 
-def _baselines(data: synthetic.SyntheticSet, set_dir: Path, scores: dict[str, UserScore], seed: int) -> None:
+def _baselines(
+    data: synthetic.SyntheticSet, loader: ImageLoader, scores: dict[str, UserScore], seed: int
+) -> None:
     """Random coin flips, and one global lite model fitted on every user's references pooled."""
-    loader = get_resources().loader
     rng = np.random.default_rng(seed)
     lite = LiteBackend()
 

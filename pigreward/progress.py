@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
+from core.enums import FINISHED_RUNS, TERMINAL_STATUSES
 from models.db import session_scope
-from models.ledger import status_counts
-from models.tables import TERMINAL_STATUSES
+from models.judgments import status_counts
+from models.optimization import get_run
+from models.tables import OptimizationRun
 
 
 def bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
@@ -46,3 +48,27 @@ def wait_for_judgments(
                     f"{len(ids) - finished} of {len(ids)} judgments unfinished after {timeout_s}s"
                 )
             time.sleep(poll_s)
+
+
+def wait_for_run(
+    db: Engine,
+    run_id: int,
+    *,
+    on_round: Callable[[int], None] | None = None,
+    poll_s: float = 0.25,
+    timeout_s: float = 24 * 3600.0,
+) -> OptimizationRun:
+    """Block until an optimization run is done or failed; its row. `on_round(rounds_done)` as it goes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_scope(db) as session:
+            run = get_run(session=session, run_id=run_id)
+        if run is None:
+            raise LookupError(f"no optimization run {run_id}")
+        if on_round:
+            on_round(run.rounds_done)
+        if run.status in FINISHED_RUNS:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"optimization {run_id} unfinished after {timeout_s}s ({run.status})")
+        time.sleep(poll_s)

@@ -10,7 +10,7 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
 
-from pigreward.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 QUEUES = ("context", "judge", "optimize", "bulk")
 ROUTES = {
@@ -49,6 +49,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "broker_connection_retry_on_startup": True,
+        # read by our task classes when a transient error is retried (not fixed at import time)
+        "pigreward_max_retries": settings.max_retries,
         "beat_schedule": {
             "reconcile-stale-judgments": {"task": "pigreward.reconcile", "schedule": 900.0},
             "nightly-rescore": {
@@ -61,7 +63,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     app = Celery(
-        "pigreward", include=["tasks.judging", "tasks.contexts", "tasks.rescoring", "tasks.optimizing"]
+        "pigreward", include=["tasks.judgments", "tasks.contexts", "tasks.rescoring", "tasks.optimization"]
     )
     app.conf.update(celery_config(settings or get_settings()))
     return app

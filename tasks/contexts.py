@@ -1,38 +1,38 @@
-"""Bootstrap-context task: build (or find) a user's context C_u ahead of their judgments."""
+"""Bootstrap-context task: build (or find) a user's context C_u ahead of their judgments.
+
+`bootstrap_context.delay(user)` sends the user's name: a context's row is written by the worker,
+because its version (the reasoner model and revision, the template) is known only where the backend
+runs. Building is idempotent: a context for the current references and versions is found, not redone.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
-
-from pigreward.settings import get_settings
+from core.errors import PermanentError
+from core.settings import get_settings
 from tasks.app import app
+from tasks.judgments import PigrewardTask
 from tasks.runtime import get_resources
-from workers.errors import PermanentError, TransientError
 from workers.pipeline import ensure_context, resolve_user
 
 
-@app.task(
-    bind=True,
-    name="pigreward.bootstrap_context",
-    autoretry_for=(TransientError,),
-    retry_backoff=2,
-    retry_jitter=True,
-    max_retries=get_settings().max_retries,
-)
+@app.task(bind=True, base=PigrewardTask, name="pigreward.bootstrap_context")
 def bootstrap_context(
-    self: Task, user: str, tenant: str | None = None, backend: str | None = None, protocol: str | None = None
+    self: PigrewardTask,
+    user: str,
+    tenant: str | None = None,
+    backend: str | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Build the user's context for the current references and backend version (idempotent)."""
     settings = get_settings()
     res = get_resources()
     try:
-        end_user = resolve_user(engine=res.engine, tenant=tenant or settings.default_tenant, user=user)
+        end_user = resolve_user(db=res.db, tenant=tenant or settings.default_tenant, user=user)
+        assert end_user.id is not None
         row, data = ensure_context(
-            res=res,
-            backend=res.backend_for(backend or settings.backend, protocol),
-            user_id=end_user.id,  # type: ignore[arg-type]
+            res=res, backend=res.backend_for(backend or settings.backend, protocol), user_id=end_user.id
         )
     except PermanentError as exc:
         return {"user": user, "status": "rejected", "error_code": exc.code, "error": exc.message}

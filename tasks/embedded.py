@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from tasks.app import QUEUES
+from core.settings import get_settings
+from tasks.app import QUEUES, app
 
 
 @contextmanager
@@ -26,4 +27,15 @@ def embedded_worker(app: Celery, queues: Sequence[str] = QUEUES) -> Iterator[Non
         shutdown_timeout=60.0,
         queues=list(queues),
     ):
+        yield
+
+
+@contextmanager
+def worker_if_embedded(needed: bool = True) -> Iterator[None]:
+    """An in-process worker for the block when the broker is memory:// (the embedded default); with a
+    real broker the deployment's workers do the work and this does nothing."""
+    if needed and get_settings().embedded_broker:
+        with embedded_worker(app):
+            yield
+    else:
         yield

@@ -177,7 +177,7 @@ def _serve_from_worker(**_: object) -> None:
     """Start the metrics endpoint in a worker's main process when PIGREWARD_METRICS_PORT is set."""
     from pydantic import ValidationError
 
-    from pigreward.settings import get_settings
+    from core.settings import get_settings
 
     try:
         settings = get_settings()

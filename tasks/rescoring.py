@@ -9,9 +9,12 @@ from typing import Any
 from celery import Task
 
 from tasks.app import app
-from tasks.judging import judge_chunk
 from tasks.runtime import get_resources
-from workers.rescore import run_rescore
+from tasks.submit import send_judgments
+from workers.rescoring import run_rescore
+
+CHUNK = 100
+"""Judgments per `judge_chunk` message of a re-scoring run."""
 
 
 def nightly_key(now: datetime | None = None) -> str:
@@ -19,11 +22,12 @@ def nightly_key(now: datetime | None = None) -> str:
 
 
 def send_to_bulk(judgment_ids: Sequence[int]) -> None:
-    judge_chunk.apply_async(args=(list(judgment_ids),), queue="bulk")
+    """Re-queued rows (already committed) go out as chunks on `bulk`."""
+    send_judgments(judgment_ids, chunk_size=CHUNK, queue="bulk")
 
 
 @app.task(bind=True, name="pigreward.rescore_stale", max_retries=0)
-def rescore_stale(
+def rescore_stale(  # type: ignore[misc]
     self: Task, run_key: str | None = None, since: str | None = None, dry_run: bool = False
 ) -> dict[str, Any]:
     """Re-queue stale judgments (new model, template or context; flagged) in chunks on `bulk`."""
@@ -33,6 +37,7 @@ def rescore_stale(
         send=send_to_bulk,
         since=datetime.fromisoformat(since) if since else None,
         dry_run=dry_run,
+        chunk_size=CHUNK,
     )
     return {
         "run_key": report.run_key,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from workers.errors import ImageTooLarge, ImageUnreadable, InvalidRequest
+from core.errors import ImageTooLarge, ImageUnreadable, InvalidRequest
 from workers.store import ImageStore
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")

@@ -21,10 +21,19 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
+from core.enums import JudgmentStatus, Outcome
+from core.errors import (
+    DatabaseUnavailable,
+    InvalidRequest,
+    NoReferences,
+    PermanentError,
+    TransientError,
+    UnknownUser,
+)
 from models.contexts import find_context, save_context
 from models.db import session_scope
 from models.images import upsert_image
-from models.ledger import (
+from models.judgments import (
     ClaimLost,
     DimensionRecord,
     VerdictRecord,
@@ -33,18 +42,12 @@ from models.ledger import (
     finish_judgment,
     get_judgment,
 )
-from models.tables import EndUser, Judgment, JudgmentStatus, Tenant, UserContext
+from models.references import list_references
+from models.tables import EndUser, Judgment, UserContext
+from models.tenants import find_tenant, tenant_name
 from models.upsert import natural_key
-from models.users import find_tenant, find_user, list_references
+from models.users import find_user
 from workers.backends.base import Backend
-from workers.errors import (
-    DatabaseUnavailable,
-    InvalidRequest,
-    NoReferences,
-    PermanentError,
-    TransientError,
-    UnknownUser,
-)
 from workers.imaging import ImageLoader, NormalizedImage
 from workers.position import PairVerdict, judge_pair
 from workers.schemas import ContextData, ReferenceExample
@@ -82,7 +85,7 @@ class PipelineEvents:
 class Resources:
     """What one worker process holds and reuses across tasks."""
 
-    engine: Engine
+    db: Engine  # the ledger database
     loader: ImageLoader
     backend_for: Callable[[str, str | None], Backend]  # (backend name, protocol or None)
     lease_s: float = 3600.0  # a claim older than this is presumed dead (its worker crashed)
@@ -117,8 +120,8 @@ def references_hash(refs: list[tuple[str, str, str]]) -> str:
     return natural_key("references", refs)
 
 
-def resolve_user(*, engine: Engine, tenant: str, user: str) -> EndUser:
-    with database_errors(), session_scope(engine) as session:
+def resolve_user(*, db: Engine, tenant: str, user: str) -> EndUser:
+    with database_errors(), session_scope(db) as session:
         tenant_row = find_tenant(session=session, name=tenant)
         row = find_user(session=session, tenant_id=tenant_row.id, external_id=user) if tenant_row else None  # type: ignore[arg-type]
     if row is None:
@@ -137,7 +140,7 @@ def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[U
         "model_revision": author.revision,
         "template_version": backend.template_version,
     }
-    with database_errors(), session_scope(res.engine) as session:
+    with database_errors(), session_scope(res.db) as session:
         refs = list_references(session=session, user_id=user_id)
         if not refs:
             raise NoReferences(f"user {user_id} has no reference pairs: a context needs at least one")
@@ -153,7 +156,7 @@ def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[U
                 raise type(exc)(f"reference pair {ref.id} of user {user_id}: {exc.message}") from exc
             examples.append(ReferenceExample(ref.prompt, chosen, rejected))
         data = backend.build_context(examples)
-        with database_errors(), session_scope(res.engine) as session:
+        with database_errors(), session_scope(res.db) as session:
             # a concurrent worker may have stored this version first: theirs is kept and used
             row = save_context(
                 session=session,
@@ -170,7 +173,7 @@ def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[U
 
 def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSummary:
     """Run one ledger row to a terminal status under claim `token` (or raise TransientError to retry)."""
-    with database_errors(), session_scope(res.engine) as session:
+    with database_errors(), session_scope(res.db) as session:
         row = claim_judgment(
             session=session,
             judgment_id=judgment_id,
@@ -187,7 +190,7 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
     try:
         record = _judge(res, job)
         try:
-            with database_errors(), session_scope(res.engine) as session:
+            with database_errors(), session_scope(res.db) as session:
                 finish_judgment(session=session, judgment_id=judgment_id, verdict=record, token=token)
         except IntegrityError as exc:  # an image id from `res.image_ids` is gone (database replaced?)
             res.image_ids.clear()
@@ -198,10 +201,10 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
         return JudgmentSummary(judgment_id=judgment_id, status=record.status, winner=record.winner)
     except ClaimLost as exc:
         log.warning("judgment %s: result dropped, %s", judgment_id, exc)
-        with session_scope(res.engine) as session:
+        with session_scope(res.db) as session:
             return _summary(get_judgment(session=session, judgment_id=judgment_id), skipped=True)
     except PermanentError as exc:
-        _close(res.engine, judgment_id, JudgmentStatus.rejected, exc.code, exc.message, token)
+        _close(res.db, judgment_id, JudgmentStatus.rejected, exc.code, exc.message, token)
         _report(res, job, JudgmentStatus.rejected, error_code=exc.code)
         return JudgmentSummary(
             judgment_id=judgment_id, status=JudgmentStatus.rejected, error_code=exc.code, error=exc.message
@@ -211,7 +214,7 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
     except Exception as exc:
         log.exception("judgment %s failed", judgment_id)
         _close(
-            res.engine,
+            res.db,
             judgment_id,
             JudgmentStatus.failed,
             "internal_error",
@@ -262,9 +265,9 @@ def _judge(res: Resources, job: Judgment) -> VerdictRecord:
         raise InvalidRequest("prompt is empty")
     user_id = job.user_id
     if user_id is None:  # the user may have been created after the judgment was submitted
-        with database_errors(), session_scope(res.engine) as session:
-            tenant_name = _tenant_name(session, job.tenant_id)
-        user_id = resolve_user(engine=res.engine, tenant=tenant_name, user=job.user_ref).id
+        with database_errors(), session_scope(res.db) as session:
+            tenant = tenant_name(session=session, tenant_id=job.tenant_id)
+        user_id = resolve_user(db=res.db, tenant=tenant, user=job.user_ref).id
     backend = res.backend_for(job.backend, job.options.get("protocol"))
     t = time.perf_counter()
     context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)  # type: ignore[arg-type]
@@ -299,7 +302,7 @@ def _verdict_record(
     swap: bool,
     timings: dict[str, float],
 ) -> VerdictRecord:
-    valid = verdict.outcome == "valid"
+    valid = verdict.outcome == Outcome.valid
     first = verdict.first
     usage: dict[str, int] = {}
     for part in (verdict.first, verdict.second):
@@ -313,7 +316,7 @@ def _verdict_record(
         rationale=first.rationale or None,
         raw_outputs=verdict.raw_outputs,
         invalid_reason=verdict.invalid_reason,
-        invalid_detail=verdict.invalid_detail,
+        error=verdict.invalid_detail,
         dimensions=[
             DimensionRecord(name=d.name, score_a=d.score_a, score_b=d.score_b, reason=d.reason)
             for d in (first.dimensions if valid else [])
@@ -330,23 +333,18 @@ def _verdict_record(
     )
 
 
-def record_failure(*, engine: Engine, judgment_id: int, code: str, message: str, token: str | None) -> bool:
+def record_failure(*, db: Engine, judgment_id: int, code: str, message: str, token: str | None) -> bool:
     """Give up on a judgment (retries exhausted): the reason stays on the row, if we still hold it."""
-    return _close(engine, judgment_id, JudgmentStatus.failed, code, message, token)
+    return _close(db, judgment_id, JudgmentStatus.failed, code, message, token)
 
 
 def _close(
-    engine: Engine, judgment_id: int, status: JudgmentStatus, code: str, message: str, token: str | None
+    db: Engine, judgment_id: int, status: JudgmentStatus, code: str, message: str, token: str | None
 ) -> bool:
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         return close_with_error(
             session=session, judgment_id=judgment_id, status=status, code=code, message=message, token=token
         )
-
-
-def _tenant_name(session: Session, tenant_id: int) -> str:
-    tenant = session.get(Tenant, tenant_id)
-    return tenant.name if tenant else str(tenant_id)
 
 
 def _sha(img: NormalizedImage) -> str:
@@ -362,7 +360,7 @@ def _image_ids(res: Resources, *images: NormalizedImage) -> dict[str, int]:
     ids = {img.sha256: known.get(img.sha256) for img in images}
     missing = [img for img in images if ids[img.sha256] is None]
     if missing:
-        with database_errors(), session_scope(res.engine) as session:
+        with database_errors(), session_scope(res.db) as session:
             # rows locked in content order, so judgments of (A, B) and (B, A) cannot deadlock
             found = {img.sha256: _image_id(session, img) for img in sorted(missing, key=_sha)}
         if len(known) + len(found) > IMAGE_ID_CACHE:

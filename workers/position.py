@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.enums import Outcome, Winner
 from workers.backends.base import Backend
 from workers.imaging import NormalizedImage
 from workers.schemas import ContextData, JudgeResult
 
-_FLIP = {"A": "B", "B": "A", "tie": "tie"}
+_FLIP = {Winner.A: Winner.B, Winner.B: Winner.A, Winner.tie: Winner.tie}
 
 
 @dataclass(frozen=True)
 class PairVerdict:
     """A judgment of A vs B; `first` is the (A, B) order, `second` the swapped order if run."""
 
-    outcome: str  # valid | invalid
-    winner: str | None  # A | B | tie | inconsistent, None when invalid
+    outcome: Outcome
+    winner: Winner | None  # A | B | tie | inconsistent, None when invalid
     invalid_reason: str | None
     first: JudgeResult
     second: JudgeResult | None
@@ -29,7 +30,7 @@ class PairVerdict:
     @property
     def invalid_detail(self) -> str | None:
         for res in (self.first, self.second):
-            if res is not None and res.outcome != "valid":
+            if res is not None and res.outcome != Outcome.valid:
                 return res.invalid_detail
         return None
 
@@ -41,13 +42,14 @@ class PairVerdict:
 def combine(first: JudgeResult, second: JudgeResult | None) -> PairVerdict:
     """Merge the two orders. `second` judged (B, A), so its winner is flipped back first."""
     for label, res in (("first_order", first), ("second_order", second)):
-        if res is not None and res.outcome != "valid":
-            return PairVerdict("invalid", None, f"{label}:{res.invalid_reason or 'invalid'}", first, second)
+        if res is not None and res.outcome != Outcome.valid:
+            reason = f"{label}:{res.invalid_reason or 'invalid'}"
+            return PairVerdict(Outcome.invalid, None, reason, first, second)
     if second is None:
-        return PairVerdict("valid", first.winner, None, first, None)
-    w1, w2 = first.winner, _FLIP[second.winner or "tie"]
-    winner = w1 if w1 == w2 else "inconsistent"
-    return PairVerdict("valid", winner, None, first, second)
+        return PairVerdict(Outcome.valid, first.winner, None, first, None)
+    w1, w2 = first.winner, _FLIP[second.winner or Winner.tie]
+    winner = w1 if w1 == w2 else Winner.inconsistent
+    return PairVerdict(Outcome.valid, winner, None, first, second)
 
 
 def judge_pair(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from core.enums import Outcome, Winner
 from workers.imaging import NormalizedImage
 
 
@@ -36,8 +37,8 @@ class Dimension(BaseModel):
 class JudgeResult(BaseModel):
     """One judgment in one order. `winner` refers to the order the images were passed in."""
 
-    outcome: Literal["valid", "invalid"]
-    winner: Literal["A", "B", "tie"] | None = None
+    outcome: Outcome
+    winner: Winner | None = None  # A, B or tie
     dimensions: list[Dimension] = Field(default_factory=list)
     total_a: float | None = None
     total_b: float | None = None

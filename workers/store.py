@@ -17,12 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.errors import (
-    ForbiddenLocation,
-    ImageNotFound,
-    ImageTooLarge,
-    StoreUnavailable,
-)
+from core.errors import ForbiddenLocation, ImageNotFound, ImageTooLarge, StoreUnavailable
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 _FORBIDDEN_CODES = {"AccessDenied", "403", "AllAccessDisabled"}

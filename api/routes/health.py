@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from api.deps import StateDep
 from tasks import app as celery_app
-from tasks.runtime import get_resources
 
 router = APIRouter(tags=["health"])
 
@@ -19,11 +19,11 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz() -> JSONResponse:
+def readyz(state: StateDep) -> JSONResponse:
     """The database and the broker are reachable (503 with the failing part otherwise)."""
     checks: dict[str, str] = {}
     try:
-        with get_resources().engine.connect() as conn:
+        with state.db.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - reported, not raised

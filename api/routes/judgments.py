@@ -11,12 +11,14 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from api.deps import SessionDep, TenantDep
-from api.schemas import BatchCreate, BatchPublic, DimensionPublic, JudgmentCreate, JudgmentPublic
-from models.ledger import batch_counts, cancel_batch, dimensions_of, get_judgment, list_judgments
-from models.rescore import flag_judgment, history_of
-from models.tables import TERMINAL_STATUSES, Batch, Judgment, JudgmentStatus, Tenant
-from pigreward.settings import get_settings
-from tasks.judging import judge, record, spec_from_call, submit_batch
+from api.schemas import BatchCreate, BatchPublic, JudgmentCreate, JudgmentPublic
+from core.enums import JudgmentStatus
+from core.settings import get_settings
+from models.batches import batch_counts, cancel_batch, get_batch, is_finished
+from models.judgments import dimensions_of, get_judgment, list_judgments
+from models.rescoring import flag_judgment, history_of
+from models.tables import Batch, Judgment, Tenant
+from tasks.submit import judgment_spec, submit_batch, submit_judgments
 
 router = APIRouter(tags=["judgments"])
 MAX_ID = 2**31 - 1  # ids and offsets beyond the database's integer range are refused (422), not a 500
@@ -26,37 +28,8 @@ BATCH_NOT_FOUND = "batch not found"
 
 
 def judgment_public(session: Session, row: Judgment) -> JudgmentPublic:
-    dims = dimensions_of(session=session, judgment_id=row.id)  # type: ignore[arg-type]
-    return JudgmentPublic(
-        id=row.id,  # type: ignore[arg-type]
-        user=row.user_ref,
-        prompt=row.prompt,
-        image_a=row.image_a_uri,
-        image_b=row.image_b_uri,
-        status=row.status,
-        winner=row.winner,
-        total_a=row.total_a,
-        total_b=row.total_b,
-        dimensions=[
-            DimensionPublic(name=d.name, score_a=d.score_a, score_b=d.score_b, reason=d.reason) for d in dims
-        ],
-        rationale=row.rationale,
-        raw_outputs=row.raw_outputs,
-        invalid_reason=row.invalid_reason,
-        error_code=row.error_code,
-        error=row.error,
-        backend=row.backend,
-        judge_model=row.judge_model,
-        model_revision=row.model_revision,
-        template_version=row.template_version,
-        swap=row.swap,
-        attempts=row.attempts,
-        usage=row.usage,
-        timings=row.timings,
-        batch_id=row.batch_id,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-    )
+    assert row.id is not None
+    return JudgmentPublic.of(row, dimensions_of(session=session, judgment_id=row.id))
 
 
 def owned_judgment(session: Session, tenant: Tenant, judgment_id: int) -> Judgment:
@@ -67,32 +40,24 @@ def owned_judgment(session: Session, tenant: Tenant, judgment_id: int) -> Judgme
 
 
 def owned_batch(session: Session, tenant: Tenant, batch_id: int) -> Batch:
-    batch = session.get(Batch, batch_id)
-    if batch is None or batch.tenant_id != tenant.id:
+    assert tenant.id is not None
+    batch = get_batch(session=session, tenant_id=tenant.id, batch_id=batch_id)
+    if batch is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, BATCH_NOT_FOUND)
     return batch
 
 
 def batch_public(session: Session, batch: Batch) -> BatchPublic:
-    counts = batch_counts(session=session, batch_id=batch.id)  # type: ignore[arg-type]
-    finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES) == sum(counts.values())
-    return BatchPublic(
-        id=batch.id,  # type: ignore[arg-type]
-        name=batch.name,
-        total=batch.total,
-        counts=counts,
-        finished=finished,
-        cancelled=batch.cancelled_at is not None,
-        created_at=batch.created_at,
-    )
+    assert batch.id is not None
+    counts = batch_counts(session=session, batch_id=batch.id)
+    return BatchPublic.of(batch, counts, is_finished(counts))
 
 
 @router.post("/judgments", status_code=status.HTTP_202_ACCEPTED)
 def create_judgment(body: JudgmentCreate, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
     """Submit one judgment; the same submission again returns the same judgment."""
-    spec = spec_from_call(body.user, body.prompt, body.image_a, body.image_b, body.options(), tenant.name)
-    [judgment_id] = record([spec])
-    judge.apply_async(kwargs={"judgment_id": judgment_id})
+    spec = judgment_spec(body.user, body.prompt, body.image_a, body.image_b, body.options(), tenant.name)
+    [judgment_id] = submit_judgments([spec], session=session)
     return judgment_public(session, owned_judgment(session, tenant, judgment_id))
 
 
@@ -106,7 +71,8 @@ def read_judgment(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> 
 def flag(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
     """Ask for this judgment to be judged again by the next re-scoring run (its verdict is kept as history)."""
     row = owned_judgment(session, tenant, judgment_id)
-    flag_judgment(session=session, judgment_id=row.id)  # type: ignore[arg-type]
+    assert row.id is not None
+    flag_judgment(session=session, judgment_id=row.id)
     session.flush()
     return judgment_public(session, row)
 
@@ -144,19 +110,19 @@ def read_judgments(
     return [judgment_public(session, r) for r in rows]
 
 
-def _submit(tenant: Tenant, name: str, items: list[JudgmentCreate]) -> int:
+def _submit(session: Session, tenant: Tenant, name: str, items: list[JudgmentCreate]) -> int:
     limit = get_settings().api_max_batch
     if len(items) > limit:
         raise HTTPException(413, f"a batch holds at most {limit} judgments")
-    specs = [spec_from_call(i.user, i.prompt, i.image_a, i.image_b, i.options(), tenant.name) for i in items]
-    batch_id, _ = submit_batch(tenant=tenant.name, name=name, specs=specs)
+    specs = [judgment_spec(i.user, i.prompt, i.image_a, i.image_b, i.options(), tenant.name) for i in items]
+    batch_id, _ = submit_batch(tenant=tenant.name, name=name, specs=specs, session=session)
     return batch_id
 
 
 @router.post("/batches", status_code=status.HTTP_202_ACCEPTED)
 def create_batch(body: BatchCreate, session: SessionDep, tenant: TenantDep) -> BatchPublic:
     """Submit many judgments as one batch (JSON); returns the batch id and its progress."""
-    batch_id = _submit(tenant, body.name, body.items)
+    batch_id = _submit(session, tenant, body.name, body.items)
     return batch_public(session, owned_batch(session, tenant, batch_id))
 
 
@@ -166,7 +132,10 @@ def create_batch(body: BatchCreate, session: SessionDep, tenant: TenantDep) -> B
     openapi_extra={"requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
 )
 async def create_batch_jsonl(
-    request: Request, tenant: TenantDep, name: Annotated[str, Query(min_length=1, max_length=200)] = "batch"
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    name: Annotated[str, Query(min_length=1, max_length=200)] = "batch",
 ) -> dict[str, int]:
     """Submit a batch as JSON Lines, one judgment object per line (blank lines ignored)."""
     raw = (await request.body()).decode("utf-8", errors="replace")
@@ -195,7 +164,7 @@ async def create_batch_jsonl(
         )
     from fastapi.concurrency import run_in_threadpool
 
-    batch_id = await run_in_threadpool(_submit, tenant, name, items)
+    batch_id = await run_in_threadpool(_submit, session, tenant, name, items)
     return {"id": batch_id, "total": len(items)}
 
 

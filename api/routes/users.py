@@ -6,9 +6,9 @@ import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
-from sqlmodel import col, func, select
+from sqlmodel import Session
 
-from api.deps import SessionDep, TenantDep
+from api.deps import ImagesDep, SessionDep, TenantDep
 from api.schemas import (
     ContextPublic,
     ContextRequest,
@@ -20,38 +20,37 @@ from api.schemas import (
     UserCreate,
     UserPublic,
 )
-from models.tables import EndUser, ReferencePair, Tenant, UserContext
-from models.users import add_reference, delete_user, ensure_user, find_user, list_references, list_users
-from pigreward.settings import get_settings
+from core.errors import PermanentError
+from core.settings import get_settings
+from models.contexts import latest_context
+from models.references import add_reference, list_references
+from models.tables import EndUser, Tenant
+from models.users import delete_user, ensure_user, find_user, list_users, user_counts
 from tasks import bootstrap_context
-from tasks.runtime import get_resources
-from workers.errors import PermanentError
-from workers.imaging import ImageLimits, normalize
+from workers.imaging import ImageLimits, ImageLoader, normalize
 
 router = APIRouter(prefix="/users", tags=["users"])
 USER_NOT_FOUND = "user not found"
 
 
-def _user(session, tenant: Tenant, external_id: str) -> EndUser:  # type: ignore[no-untyped-def]
-    user = find_user(session=session, tenant_id=tenant.id, external_id=external_id)  # type: ignore[arg-type]
+def _user(session: Session, tenant: Tenant, external_id: str) -> EndUser:
+    assert tenant.id is not None
+    user = find_user(session=session, tenant_id=tenant.id, external_id=external_id)
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
     return user
 
 
-def _public(session, user: EndUser) -> UserPublic:  # type: ignore[no-untyped-def]
-    refs = session.exec(select(func.count()).where(ReferencePair.user_id == user.id)).one()
-    contexts = session.exec(select(func.count()).where(UserContext.user_id == user.id)).one()
-    return UserPublic(
-        external_id=user.external_id, created_at=user.created_at, references=refs, contexts=contexts
-    )
+def _public(session: Session, user: EndUser) -> UserPublic:
+    assert user.id is not None
+    return UserPublic.of(user, *user_counts(session=session, user_id=user.id))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_user(body: UserCreate, session: SessionDep, tenant: TenantDep) -> UserPublic:
     """Create an end user (idempotent: an existing user is returned)."""
-    user = ensure_user(session=session, tenant_id=tenant.id, external_id=body.external_id)  # type: ignore[arg-type]
-    return _public(session, user)
+    assert tenant.id is not None
+    return _public(session, ensure_user(session=session, tenant_id=tenant.id, external_id=body.external_id))
 
 
 @router.get("")
@@ -62,7 +61,8 @@ def get_users(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[UserPublic]:
     """List the tenant's end users."""
-    rows = list_users(session=session, tenant_id=tenant.id, limit=limit, offset=offset)  # type: ignore[arg-type]
+    assert tenant.id is not None
+    rows = list_users(session=session, tenant_id=tenant.id, limit=limit, offset=offset)
     return [_public(session, u) for u in rows]
 
 
@@ -75,7 +75,8 @@ def get_user(external_id: ExternalId, session: SessionDep, tenant: TenantDep) ->
 @router.delete("/{external_id}")
 def remove_user(external_id: ExternalId, session: SessionDep, tenant: TenantDep) -> DeletedUser:
     """Delete a user with everything derived from them: references, contexts, judgments."""
-    counts = delete_user(session=session, tenant_id=tenant.id, external_id=external_id)  # type: ignore[arg-type]
+    assert tenant.id is not None
+    counts = delete_user(session=session, tenant_id=tenant.id, external_id=external_id)
     if counts is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
     return DeletedUser(external_id=external_id, deleted=counts)
@@ -87,20 +88,15 @@ def create_reference(
 ) -> ReferencePublic:
     """Add a reference pair by image URIs: this user preferred `chosen` over `rejected`."""
     user = _user(session, tenant, external_id)
+    assert user.id is not None
     ref = add_reference(
         session=session,
         user_id=user.id,
         prompt=body.prompt,
         chosen_uri=body.chosen,
-        rejected_uri=body.rejected,  # type: ignore[arg-type]
+        rejected_uri=body.rejected,
     )
-    return ReferencePublic(
-        id=ref.id,
-        prompt=ref.prompt,
-        chosen=ref.chosen_uri,
-        rejected=ref.rejected_uri,
-        created_at=ref.created_at,
-    )  # type: ignore[arg-type]
+    return ReferencePublic.model_validate(ref)
 
 
 @router.post("/{external_id}/references/upload", status_code=status.HTTP_201_CREATED)
@@ -108,36 +104,28 @@ def upload_reference(
     external_id: ExternalId,
     session: SessionDep,
     tenant: TenantDep,
+    images: ImagesDep,
     prompt: Annotated[Prompt, Form()],
     chosen: Annotated[UploadFile, File()],
     rejected: Annotated[UploadFile, File()],
 ) -> ReferencePublic:
     """Add a reference pair by uploading both images (stored by content hash)."""
     user = _user(session, tenant, external_id)
-    chosen_uri = _store_upload(tenant, chosen, "chosen")
-    rejected_uri = _store_upload(tenant, rejected, "rejected")
+    assert user.id is not None
+    chosen_uri = _store_upload(images, tenant, chosen, "chosen")
+    rejected_uri = _store_upload(images, tenant, rejected, "rejected")
     ref = add_reference(
         session=session, user_id=user.id, prompt=prompt, chosen_uri=chosen_uri, rejected_uri=rejected_uri
-    )  # type: ignore[arg-type]
-    return ReferencePublic(
-        id=ref.id,
-        prompt=ref.prompt,
-        chosen=ref.chosen_uri,
-        rejected=ref.rejected_uri,
-        created_at=ref.created_at,
-    )  # type: ignore[arg-type]
+    )
+    return ReferencePublic.model_validate(ref)
 
 
 @router.get("/{external_id}/references")
 def get_references(external_id: ExternalId, session: SessionDep, tenant: TenantDep) -> list[ReferencePublic]:
     """The user's reference pairs, oldest first."""
     user = _user(session, tenant, external_id)
-    return [
-        ReferencePublic(
-            id=r.id, prompt=r.prompt, chosen=r.chosen_uri, rejected=r.rejected_uri, created_at=r.created_at
-        )  # type: ignore[arg-type]
-        for r in list_references(session=session, user_id=user.id)  # type: ignore[arg-type]
-    ]
+    assert user.id is not None
+    return [ReferencePublic.model_validate(r) for r in list_references(session=session, user_id=user.id)]
 
 
 @router.post("/{external_id}/context", status_code=status.HTTP_202_ACCEPTED)
@@ -157,15 +145,14 @@ def start_context(
 def get_context(external_id: ExternalId, session: SessionDep, tenant: TenantDep) -> ContextPublic:
     """The user's most recent context: rationales, versions, and the backend's payload."""
     user = _user(session, tenant, external_id)
-    row = session.exec(
-        select(UserContext).where(UserContext.user_id == user.id).order_by(col(UserContext.id).desc())
-    ).first()
+    assert user.id is not None
+    row = latest_context(session=session, user_id=user.id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no context yet: POST .../context to build one")
-    return ContextPublic.model_validate(row, from_attributes=True)
+    return ContextPublic.model_validate(row)
 
 
-def _store_upload(tenant: Tenant, upload: UploadFile, field: str) -> str:
+def _store_upload(images: ImageLoader, tenant: Tenant, upload: UploadFile, field: str) -> str:
     settings = get_settings()
     data = upload.file.read(settings.max_image_bytes + 1)
     if len(data) > settings.max_image_bytes:
@@ -175,8 +162,6 @@ def _store_upload(tenant: Tenant, upload: UploadFile, field: str) -> str:
     except PermanentError as exc:
         raise HTTPException(422, f"{field}: {exc.message}") from exc
     name = f"uploads/{tenant.id}/{hashlib.sha256(data).hexdigest()}.{img.format.lower()}"
-    store = get_resources().loader.store
     if settings.upload_bucket:
-        store.s3.put_object(Bucket=settings.upload_bucket, Key=name, Body=data)
-        return f"s3://{settings.upload_bucket}/{name}"
-    return store.write_file(name, data)
+        return images.store.put(f"s3://{settings.upload_bucket}/{name}", data)
+    return images.store.write_file(name, data)

@@ -10,16 +10,20 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from api.deps import KEY_COOKIE, SessionDep, api_key
+from api.deps import KEY_COOKIE, ImagesDep, SessionDep, api_key
 from api.routes.judgments import owned_batch, owned_judgment
+from core.enums import TERMINAL_STATUSES
+from core.errors import PigrewardError
+from models.batches import batch_counts, batch_judgments
+from models.contexts import latest_context
+from models.judgments import dimensions_of, recent_judgments
 from models.keys import verify_key
-from models.ledger import batch_counts, batch_judgment_ids, dimensions_of
-from models.tables import TERMINAL_STATUSES, EndUser, Judgment, ReferencePair, Tenant, UserContext
-from models.users import find_user, list_references
-from tasks.runtime import get_resources
-from workers.errors import PigrewardError
+from models.references import list_references, tenant_reference
+from models.tables import Tenant
+from models.users import find_user
+from workers.imaging import ImageLoader
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
@@ -91,19 +95,13 @@ def judgment_page(judgment_id: int, request: Request, session: SessionDep, tenan
 
 @router.get("/users/{external_id}", response_class=HTMLResponse)
 def user_page(external_id: str, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
-    user = find_user(session=session, tenant_id=tenant.id, external_id=external_id)  # type: ignore[arg-type]
-    if user is None:
+    assert tenant.id is not None
+    user = find_user(session=session, tenant_id=tenant.id, external_id=external_id)
+    if user is None or user.id is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
-    context = session.exec(
-        select(UserContext).where(UserContext.user_id == user.id).order_by(col(UserContext.id).desc())
-    ).first()
-    judgments = session.exec(
-        select(Judgment)
-        .where(Judgment.tenant_id == tenant.id, Judgment.user_ref == external_id)
-        .order_by(col(Judgment.id).desc())
-        .limit(50)
-    ).all()
-    refs = list_references(session=session, user_id=user.id)  # type: ignore[arg-type]
+    context = latest_context(session=session, user_id=user.id)
+    judgments = recent_judgments(session=session, tenant_id=tenant.id, user=external_id, limit=50)
+    refs = list_references(session=session, user_id=user.id)
     return templates.TemplateResponse(
         request,
         "user.html",
@@ -117,8 +115,7 @@ def batch_page(batch_id: int, request: Request, session: SessionDep, tenant: Vie
     counts = batch_counts(session=session, batch_id=batch_id)
     total = sum(counts.values())
     finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
-    ids = batch_judgment_ids(session=session, batch_id=batch_id)[:200]
-    rows = session.exec(select(Judgment).where(col(Judgment.id).in_(ids)).order_by(col(Judgment.id))).all()
+    rows = batch_judgments(session=session, batch_id=batch_id, limit=200)
     return templates.TemplateResponse(
         request,
         "batch.html",
@@ -135,26 +132,30 @@ def batch_page(batch_id: int, request: Request, session: SessionDep, tenant: Vie
 
 
 @router.get("/images/{judgment_id}/{side}")
-def judgment_image(judgment_id: int, side: str, session: SessionDep, tenant: ViewerDep) -> Response:
+def judgment_image(
+    judgment_id: int, side: str, session: SessionDep, tenant: ViewerDep, images: ImagesDep
+) -> Response:
     row = owned_judgment(session, tenant, judgment_id)
     if side not in ("a", "b"):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
-    return _png(row.image_a_uri if side == "a" else row.image_b_uri)
+    return _png(images, row.image_a_uri if side == "a" else row.image_b_uri)
 
 
 @router.get("/references/{reference_id}/{which}")
-def reference_image(reference_id: int, which: str, session: SessionDep, tenant: ViewerDep) -> Response:
-    ref = session.get(ReferencePair, reference_id)
-    owner = session.get(EndUser, ref.user_id) if ref else None
-    if ref is None or owner is None or owner.tenant_id != tenant.id or which not in ("chosen", "rejected"):
+def reference_image(
+    reference_id: int, which: str, session: SessionDep, tenant: ViewerDep, images: ImagesDep
+) -> Response:
+    assert tenant.id is not None
+    ref = tenant_reference(session=session, tenant_id=tenant.id, reference_id=reference_id)
+    if ref is None or which not in ("chosen", "rejected"):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
-    return _png(ref.chosen_uri if which == "chosen" else ref.rejected_uri)
+    return _png(images, ref.chosen_uri if which == "chosen" else ref.rejected_uri)
 
 
-def _png(uri: str) -> Response:
+def _png(images: ImageLoader, uri: str) -> Response:
     """The normalized picture the models saw, as PNG (any stored format, any size)."""
     try:
-        image = get_resources().loader.load(uri)
+        image = images.load(uri)
     except PigrewardError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"image unavailable: {exc.message}") from exc
     buf = io.BytesIO()

@@ -20,7 +20,7 @@ import api.main
 from models.db import session_scope
 from models.keys import create_key, revoke_key
 from models.tables import BatchItem, DimensionScore, EndUser, Judgment, ReferencePair, Tenant, UserContext
-from tasks.runtime import get_resources
+from tasks.runtime import get_db
 from tests.integration.conftest import Stack
 from tests.integration.helpers import image
 
@@ -34,13 +34,13 @@ def unique(prefix: str) -> str:
 
 def new_key(tenant: str, name: str = "api-tests") -> tuple[int, str]:
     """A fresh API key for `tenant` (created if new): (key row id, the key)."""
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         row, key = create_key(session=session, tenant=tenant, name=name)
         return row.id, key  # type: ignore[return-value]
 
 
 def revoke(key_id: int) -> None:
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         assert revoke_key(session=session, key_id=key_id) is not None
 
 
@@ -183,7 +183,7 @@ def judgment_spec(user: str, prompt: str, a: str, b: str, **extra: Any) -> dict[
 
 
 def tenant_id(name: str) -> int:
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         row = session.exec(select(Tenant).where(Tenant.name == name)).one()
         return row.id  # type: ignore[return-value]
 
@@ -191,7 +191,7 @@ def tenant_id(name: str) -> int:
 def user_rows(tenant: str, external_id: str) -> dict[str, int]:
     """Straight from the database: how many rows of each kind belong to this user of this tenant."""
     tid = tenant_id(tenant)
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         user = session.exec(
             select(EndUser).where(EndUser.tenant_id == tid, EndUser.external_id == external_id)
         ).first()
@@ -224,7 +224,7 @@ def user_rows(tenant: str, external_id: str) -> dict[str, int]:
 def judgments_with_uri(tenant: str, uri: str) -> int:
     """Ledger rows of `tenant` that name `uri` as either image (other tests put such URIs in on purpose)."""
     tid = tenant_id(tenant)
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         stmt = select(sa.func.count()).where(
             col(Judgment.tenant_id) == tid,
             sa.or_(col(Judgment.image_a_uri) == uri, col(Judgment.image_b_uri) == uri),
@@ -235,7 +235,7 @@ def judgments_with_uri(tenant: str, uri: str) -> int:
 def references_with_uri(tenant: str, uri: str) -> int:
     """Reference pairs of `tenant`'s users that name `uri`."""
     tid = tenant_id(tenant)
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         stmt = (
             select(sa.func.count())
             .select_from(ReferencePair)
@@ -250,7 +250,7 @@ def references_with_uri(tenant: str, uri: str) -> int:
 
 def tenant_judgment_count(tenant: str) -> int:
     tid = tenant_id(tenant)
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         return session.exec(select(sa.func.count()).where(col(Judgment.tenant_id) == tid)).one()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import services
+from ops import stack as services
 
 BUCKET = "pigreward-test"
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from sqlmodel import select
 
 from models.db import session_scope
+from models.references import add_reference
 from models.tables import DimensionScore, Judgment
-from models.users import add_reference, ensure_tenant, ensure_user
-from pigreward.synthetic import DrawParams, draw_image
-from tasks.runtime import get_resources
+from models.tenants import ensure_tenant
+from models.users import ensure_user
+from tasks.runtime import get_db
 from tests.integration.conftest import Stack, png_bytes
+from workers.drawing import DrawParams, draw_image
 
 
 def image(stack: Stack, key: str, *, warmth: float, brightness: float = 0.6, seed: int = 0) -> str:
@@ -28,7 +30,7 @@ def image(stack: Stack, key: str, *, warmth: float, brightness: float = 0.6, see
 
 def user_who_likes_warm(stack: Stack, user: str, *, warm: bool = True, tenant: str = "default") -> None:
     """A user with 6 references, each choosing the warmer (or cooler) image."""
-    engine = get_resources().engine
+    engine = get_db()
     with session_scope(engine) as session:
         t = ensure_tenant(session=session, name=tenant)
         row = ensure_user(session=session, tenant_id=t.id, external_id=user)  # type: ignore[arg-type]
@@ -46,13 +48,13 @@ def user_who_likes_warm(stack: Stack, user: str, *, warm: bool = True, tenant: s
 
 
 def judgment_rows(key_filter=None) -> list[Judgment]:  # type: ignore[no-untyped-def]
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         rows = list(session.exec(select(Judgment).order_by(Judgment.id)))  # type: ignore[arg-type]
     return [r for r in rows if key_filter is None or key_filter(r)]
 
 
 def dimension_count(judgment_id: int) -> int:
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         return len(
             list(session.exec(select(DimensionScore).where(DimensionScore.judgment_id == judgment_id)))
         )

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pigreward.settings import reset_settings
-from pigreward.synthetic import DrawParams, draw_image
-from tasks.runtime import get_resources
+from core.settings import reset_settings
+from tasks.runtime import get_db
 from tests.integration.api_helpers import (
     JSONL,
     Api,
@@ -37,6 +36,7 @@ from tests.integration.api_helpers import (
 )
 from tests.integration.conftest import Stack, png_bytes
 from tests.integration.helpers import image
+from workers.drawing import DrawParams, draw_image
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
@@ -968,9 +968,9 @@ def _drop_connections() -> int:
     """What a database restart does to every open connection of the test database."""
     import psycopg
 
-    from tests.support.services import postgres_admin_url
+    from ops.stack import postgres_admin_url
 
-    database = get_resources().engine.url.database
+    database = get_db().url.database
     with psycopg.connect(postgres_admin_url(), autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "

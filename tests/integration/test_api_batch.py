@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pigreward.settings import reset_settings
+from core.settings import reset_settings
 from tests.integration.api_helpers import (
     JSONL,
     Api,

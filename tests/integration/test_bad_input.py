@@ -7,14 +7,15 @@ import os
 import pytest
 
 from models.db import session_scope
-from models.users import ensure_tenant, ensure_user
+from models.tenants import ensure_tenant
+from models.users import ensure_user
 from pigreward.progress import wait_for_judgments
-from pigreward.synthetic import DrawParams, draw_image
 from tasks import judge
-from tasks.runtime import get_resources
+from tasks.runtime import get_db
 from tests.integration.conftest import png_bytes
 from tests.integration.helpers import image, judgment_rows, user_who_likes_warm
 from tests.support.images import corrupt_png, png_bomb
+from workers.drawing import DrawParams, draw_image
 
 # case -> (expected status, expected error code, words the message must contain)
 EXPECTED = {
@@ -41,7 +42,7 @@ EXPECTED = {
 def outcomes(stack):  # type: ignore[no-untyped-def]
     """Submit every bad case and one good judgment together, wait, return the rows by case."""
     user_who_likes_warm(stack, "bad-input-user")
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         tenant = ensure_tenant(session=session, name="default")
         ensure_user(session=session, tenant_id=tenant.id, external_id="no-refs-user")  # type: ignore[arg-type]
     good_a = image(stack, "bad/good-a.png", warmth=0.9, seed=61)
@@ -82,7 +83,7 @@ def outcomes(stack):  # type: ignore[no-untyped-def]
     }
     results = {case: judge.delay(*args) for case, args in cases.items()}
     ids = {case: r.get(timeout=120)["judgment_id"] for case, r in results.items()}
-    wait_for_judgments(get_resources().engine, list(ids.values()), progress=False, timeout_s=120)
+    wait_for_judgments(get_db(), list(ids.values()), progress=False, timeout_s=120)
     rows = {r.id: r for r in judgment_rows()}
     return {case: rows[jid] for case, jid in ids.items()}
 

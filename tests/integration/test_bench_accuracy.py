@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.services import REPO
+from ops.stack import REPO
 
 USERS = 6
 SCRIPT = """
@@ -23,13 +23,13 @@ import json, sys
 from pathlib import Path
 from sqlalchemy import text
 from bench.accuracy import run_accuracy, synthetic_jsonl
-from pigreward.settings import get_settings
-from tasks.runtime import get_resources
+from core.settings import get_settings
+from tasks.runtime import get_db, get_resources
 
 settings = get_settings()
 path = synthetic_jsonl(settings.resolved_image_root / "bench" / "syn", users=int(sys.argv[1]), seed=0)
 report = run_accuracy(settings, path, Path(sys.argv[2]), ["lite", "lite:swap"], True, False)
-with get_resources().engine.connect() as conn:
+with get_db().connect() as conn:
     rows = conn.execute(text("select count(*) from judgment")).scalar_one()
     refs = conn.execute(text("select count(*) from reference_pair")).scalar_one()
 print(json.dumps({"results": report.to_dict(), "judgment_rows": rows, "reference_rows": refs}))

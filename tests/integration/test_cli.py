@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import REPO
+from ops.stack import REPO
 
 
 def run_cli(
@@ -112,7 +112,7 @@ def test_judge_command_copies_outside_files_in_and_reports_bad_input(demo_run, t
 
 
 def test_refs_add_then_judge_for_a_new_user(tmp_path: Path) -> None:
-    from pigreward.synthetic import DrawParams, draw_image
+    from workers.drawing import DrawParams, draw_image
 
     def draw(name: str, warmth: float, seed: int) -> str:
         path = tmp_path / name
@@ -205,7 +205,7 @@ def test_parse_command_prints_the_parse_as_json(tmp_path: Path) -> None:
 
 
 def test_demo_and_judge_with_the_hf_backend_on_a_tiny_model(tmp_path: Path) -> None:
-    from pigreward.tiny_vlm import build_tiny_vlm
+    from tests.support.tiny_vlm import build_tiny_vlm
 
     model = str(build_tiny_vlm(tmp_path / "tiny", "qwen2_vl"))
     env = {"PIGREWARD_HF_JUDGE_MODEL": model, "PIGREWARD_HF_REASONER_MODEL": model, "HF_HUB_OFFLINE": "1"}
@@ -265,7 +265,7 @@ def test_judge_command_with_the_sglang_backend(demo_run, tmp_path: Path) -> None
             str(images / "img_0006.png"),
             env={"PIGREWARD_SGLANG_URL": url},
         )
-    assert "status done" in out.stdout and "fake-judge" in out.stdout
+    assert "status done" in out.stdout and "stub-judge" in out.stdout
     assert "Warm palette" in out.stdout
     assert state.calls["p"] == 2  # both orders
 
@@ -275,7 +275,7 @@ def test_check_reports_readiness_and_identity(tmp_path: Path) -> None:
 
     with fake_openai_server() as (url, _):
         ok = run_cli(tmp_path, "check", "--backend", "sglang", env={"PIGREWARD_SGLANG_URL": url})
-    assert "judge: " in ok.stdout and "ready" in ok.stdout and "fake-judge rev abc1234def" in ok.stdout
+    assert "judge: " in ok.stdout and "ready" in ok.stdout and "stub-judge rev abc1234def" in ok.stdout
     down = run_cli(
         tmp_path,
         "check",

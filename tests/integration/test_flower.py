@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from ops.flower import FlowerConfigError, flower_command, run_flower
+from ops.stack import free_port, wait_until
 from tasks import judge
 from tests.integration.conftest import Stack
 from tests.integration.helpers import image, user_who_likes_warm
-from tests.support.services import free_port, wait_until
 
 AUTH = ("ops", "s3cret:with-colon")
 

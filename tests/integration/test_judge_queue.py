@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 from models.db import session_scope
-from models.ledger import JudgmentSpec, dimensions_of, get_judgment
+from models.judgments import JudgmentSpec, dimensions_of, get_judgment
+from ops.stack import REPO
 from pigreward.progress import wait_for_judgments
 from tasks import judge, submit_judgments
-from tasks.runtime import get_resources
+from tasks.runtime import get_db
 from tests.integration.helpers import dimension_count, image, judgment_rows, user_who_likes_warm
-from tests.support.services import REPO
 
 CALL = """
 import json, sys, tasks
@@ -42,7 +42,7 @@ def test_delay_from_another_process_stores_a_done_judgment_once(stack) -> None: 
 
     first = _delay_in_subprocess(stack, warm, cold)
     assert first["status"] == "done", first
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         row = get_judgment(session=session, judgment_id=first["judgment_id"])
         dims = dimensions_of(session=session, judgment_id=first["judgment_id"])
     assert row is not None and row.status == "done"
@@ -84,7 +84,7 @@ def test_chunked_bulk_form_judges_every_row(stack) -> None:  # type: ignore[no-u
         if i != 11 - i
     ]
     ids = submit_judgments(specs, chunk_size=5)
-    counts = wait_for_judgments(get_resources().engine, ids, progress=False, timeout_s=120)
+    counts = wait_for_judgments(get_db(), ids, progress=False, timeout_s=120)
     rows = {r.id: r for r in judgment_rows(lambda r: r.id in ids)}
     assert counts == {"done": len(specs)}, [(r.status, r.error) for r in rows.values() if r.status != "done"]
     for jid, spec in zip(ids, specs, strict=True):

@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from models.db import session_scope
-from models.ledger import dimensions_of, get_judgment
-from pigreward.tiny_vlm import build_tiny_vlm
+from models.judgments import dimensions_of, get_judgment
+from ops.stack import REPO, celery_worker, free_port, wait_until
 from tasks import judge
-from tasks.runtime import get_resources
+from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
-from tests.support.services import REPO, celery_worker, free_port, wait_until
+from tests.support.tiny_vlm import build_tiny_vlm
 
 QUEUE = "tiny-vlm"
 
@@ -67,7 +67,7 @@ def test_pigreward_v1_through_sglang_client_stores_a_judgment(stack, served) -> 
     _judge.stack = stack  # type: ignore[attr-defined]
     result = _judge(f"tiny-{kind}", "a quiet harbour", {"backend": "sglang"})
     assert result["status"] in ("done", "invalid")
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         row = get_judgment(session=session, judgment_id=result["judgment_id"])
     assert row.judge_model == model_dir and row.model_revision.startswith("local-")
     assert row.template_version.startswith("pigreward-v1@") and row.swap
@@ -82,7 +82,7 @@ def test_json_v1_through_sglang_client_is_valid(stack, served) -> None:  # type:
     _judge.stack = stack  # type: ignore[attr-defined]
     result = _judge(f"tiny-{kind}", "a mountain village", {"backend": "sglang", "protocol": "json-v1"})
     assert result["status"] == "done", result
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         row = get_judgment(session=session, judgment_id=result["judgment_id"])
         dims = dimensions_of(session=session, judgment_id=row.id)  # type: ignore[arg-type]
     assert row.template_version.startswith("json-v1@")

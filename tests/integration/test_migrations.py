@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from models.db import alembic_config, current_revision, make_engine, upgrade
-from tests.support.services import postgres_database
+from ops.stack import postgres_database
 
 TABLES = {
     "tenant",

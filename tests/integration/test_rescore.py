@@ -7,15 +7,17 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from models.db import session_scope
-from models.rescore import flag_judgment, history_of
+from models.references import add_reference
+from models.rescoring import flag_judgment, history_of
 from models.tables import Judgment, JudgmentHistory, RescoreRun
-from models.users import add_reference, find_tenant, find_user
+from models.tenants import find_tenant
+from models.users import find_user
 from pigreward.progress import wait_for_judgments
 from tasks import judge, rescore_stale
 from tasks.rescoring import send_to_bulk
-from tasks.runtime import get_resources
+from tasks.runtime import get_db, get_resources
 from tests.integration.helpers import image, user_who_likes_warm
-from workers.rescore import run_rescore
+from workers.rescoring import run_rescore
 
 USERS = ["rs-a", "rs-b", "rs-c", "rs-d"]
 
@@ -29,12 +31,12 @@ def judged(stack):  # type: ignore[no-untyped-def]
         user_who_likes_warm(stack, user)
         results += [judge.delay(user, f"p{i}", uris[i], uris[5 - i]) for i in range(3)]
     ids = [r.get(timeout=120)["judgment_id"] for r in results]
-    assert wait_for_judgments(get_resources().engine, ids, progress=False, timeout_s=60) == {"done": len(ids)}
+    assert wait_for_judgments(get_db(), ids, progress=False, timeout_s=60) == {"done": len(ids)}
     return {user: ids[3 * n : 3 * n + 3] for n, user in enumerate(USERS)}
 
 
 def _engine():  # type: ignore[no-untyped-def]
-    return get_resources().engine
+    return get_db()
 
 
 def _history_counts(ids: list[int]) -> dict[int, int]:

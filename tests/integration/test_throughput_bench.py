@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 
-from tests.support.services import REPO
+from ops.stack import REPO
 
 
 def _bench(*args: str) -> str:

@@ -8,10 +8,10 @@ import sys
 import time
 
 from models.db import session_scope
-from models.ledger import get_judgment
-from tasks.runtime import get_resources
+from models.judgments import get_judgment
+from ops.stack import REPO, celery_worker, free_port
+from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
-from tests.support.services import REPO, celery_worker, free_port
 
 CALL = """
 import sys, tasks
@@ -39,7 +39,7 @@ def test_unreachable_store_is_retried_then_recorded_as_failed(stack, tmp_path) -
         deadline = time.monotonic() + 120
         row = None
         while time.monotonic() < deadline:
-            with session_scope(get_resources().engine) as session:
+            with session_scope(get_db()) as session:
                 from sqlmodel import select
 
                 from models.tables import Judgment
@@ -52,6 +52,6 @@ def test_unreachable_store_is_retried_then_recorded_as_failed(stack, tmp_path) -
     assert row.error_code == "store_unavailable"
     assert "S3 unreachable" in (row.error or "")
     assert row.attempts == 2  # the first try and one retry
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         assert get_judgment(session=session, judgment_id=row.id).finished_at is not None  # type: ignore[union-attr]
     assert "Retry in" in (tmp_path / "outage-worker.log").read_text()

@@ -14,10 +14,10 @@ import pytest
 
 from models.db import session_scope
 from models.keys import create_key
+from ops.stack import REPO, free_port, wait_until
 from tasks import judge
-from tasks.runtime import get_resources
+from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
-from tests.support.services import REPO, free_port, wait_until
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -62,7 +62,7 @@ def judged(stack):  # type: ignore[no-untyped-def]
     b = image(stack, "viewer/cool.png", warmth=0.1, seed=702)
     result = judge.delay("viewer-user", "a lighthouse at dusk", a, b, None, "viewer").get(timeout=120)
     assert result["status"] == "done"
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         _, key = create_key(session=session, tenant="viewer", name="viewer-test")
     return result["judgment_id"], key
 
@@ -107,7 +107,7 @@ def test_viewer_pages_need_a_key_and_respect_tenants(server, judged) -> None:  #
     judgment_id, key = judged
     anonymous = httpx.get(f"{server}/ui/judgments/{judgment_id}", follow_redirects=False)
     assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/ui/login")
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         _, other = create_key(session=session, tenant="someone-else", name="x")
     foreign = httpx.get(f"{server}/ui/judgments/{judgment_id}", cookies={"pigreward_key": other})
     assert foreign.status_code == 404

@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ops.stack import celery_worker, free_port, wait_until
 from tasks import judge
 from tests.integration.conftest import Stack
 from tests.integration.helpers import image, user_who_likes_warm
-from tests.support.services import celery_worker, free_port, wait_until
 
 QUEUE = "metrics-test"
 

@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible image server: `POST /v1/images/generations` and `GET /v1/models`.
 
 Real HTTP on 127.0.0.1 (stdlib ThreadingHTTPServer). By default it answers with the procedural
-image for (prompt, seed) (`workers.optimize.generators.render_png`) as `b64_json`, so the response
+image for (prompt, seed) (`workers.optimization.generators.render_png`) as `b64_json`, so the response
 depends on the prompt's modifier phrases exactly as `ProceduralGenerator` does. Scripting, on the
 yielded state (change it between calls):
 
@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.support.services import free_port
-from workers.optimize.generators import render_png
+from ops.stack import free_port
+from workers.optimization.generators import render_png
 
 MODEL = "fake-diffusion"
 NOT_AN_IMAGE = b"this is plain text, not a PNG"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pigreward.synthetic import DrawParams, draw_image
-from pigreward.tiny_vlm import build_tiny_vlm
+from core.errors import BackendRejected
+from tests.support.tiny_vlm import build_tiny_vlm
 from workers.backends.hf import HFEngine, _Model, resolve_checkpoint
 from workers.backends.hf_config import HFEngineConfig
-from workers.errors import BackendRejected
+from workers.drawing import DrawParams, draw_image
 from workers.generation import Sampling
 from workers.imaging import ImageLimits, normalize
 from workers.protocols import get_protocol

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import workers.imaging as imaging
-from workers.errors import ImageNotFound, ImageTooLarge, ImageUnreadable, InvalidRequest
+from core.errors import ImageNotFound, ImageTooLarge, ImageUnreadable, InvalidRequest
 from workers.imaging import ImageLimits, ImageLoader, NormalizedImage, normalize
 from workers.store import ImageStore, StoreConfig
 

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pigreward.synthetic import DrawParams, draw_image
+from core.errors import NoReferences, PermanentError
 from workers.backends.base import Backend
 from workers.backends.lite import LiteBackend, fit_weights
-from workers.errors import NoReferences, PermanentError
+from workers.drawing import DrawParams, draw_image
 from workers.features import FEATURE_KEYS, FEATURES, extract
 from workers.imaging import ImageLimits, NormalizedImage, normalize
 from workers.schemas import ContextData, JudgeResult, ReferenceExample

@@ -12,11 +12,13 @@ from celery.signals import task_failure, task_postrun, task_prerun, task_retry
 from prometheus_client import REGISTRY
 
 from models.db import make_engine, session_scope, upgrade
-from models.ledger import JudgmentSpec, record_judgments
-from models.users import add_reference, ensure_tenant, ensure_user
-from pigreward.synthetic import DrawParams, draw_image
+from models.judgments import JudgmentSpec, record_judgments
+from models.references import add_reference
+from models.tenants import ensure_tenant
+from models.users import ensure_user
 from tasks.metrics import OBSERVER, render_latest
 from workers.backends.lite import LiteBackend
+from workers.drawing import DrawParams, draw_image
 from workers.imaging import ImageLimits, ImageLoader
 from workers.pipeline import JudgmentEvent, PipelineEvents, Resources, run_judgment
 from workers.store import ImageStore, StoreConfig
@@ -205,7 +207,7 @@ def res(tmp_path: Path) -> Resources:
                 rejected_uri=f"{r}.png",
             )  # type: ignore[arg-type]
     return Resources(
-        engine=engine,
+        db=engine,
         loader=ImageLoader(ImageStore(StoreConfig(image_root=root)), ImageLimits()),
         backend_for=lambda name, protocol=None: backend,
     )
@@ -213,7 +215,7 @@ def res(tmp_path: Path) -> Resources:
 
 def _submit(res: Resources, image_a: str, image_b: str) -> int:
     spec = JudgmentSpec(tenant="default", user="u", prompt="warm things", image_a=image_a, image_b=image_b)
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         [jid] = record_judgments(session=session, specs=[spec])
     return jid
 

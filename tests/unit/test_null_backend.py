@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from core.errors import NoReferences
 from workers.backends import BACKENDS, create_backend
-from workers.errors import NoReferences
 from workers.imaging import NormalizedImage
 from workers.position import judge_pair
 from workers.protocols.pigreward_v1_parser import parse

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
+from core.errors import BackendRejected, BackendUnavailable, PermanentError, TransientError
+from ops.stack import free_port
 from tests.support.fake_openai import fake_openai_server
-from tests.support.services import free_port
 from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
-from workers.errors import BackendRejected, BackendUnavailable, PermanentError, TransientError
 from workers.generation import (
     ChatMessage,
     Engine,
@@ -231,18 +231,18 @@ def test_engine_satisfies_protocol() -> None:
 
 def test_identity_from_served_models_with_snapshot_revision() -> None:
     with fake_openai_server() as (url, _state), engine_for(url) as engine:
-        assert engine.identity("judge") == ModelIdentity("fake-judge", "abc1234def")
-        assert engine.identity("reasoner") == ModelIdentity("fake-judge", "abc1234def")
+        assert engine.identity("judge") == ModelIdentity("stub-judge", "abc1234def")
+        assert engine.identity("reasoner") == ModelIdentity("stub-judge", "abc1234def")
 
 
 def test_configured_revision_wins() -> None:
     with fake_openai_server() as (url, _state), engine_for(url, judge_revision="v2.1") as engine:
-        assert engine.identity("judge") == ModelIdentity("fake-judge", "v2.1")
+        assert engine.identity("judge") == ModelIdentity("stub-judge", "v2.1")
         # the reasoner is the same model on the same server: same revision
-        assert engine.identity("reasoner") == ModelIdentity("fake-judge", "v2.1")
+        assert engine.identity("reasoner") == ModelIdentity("stub-judge", "v2.1")
     with (
         fake_openai_server() as (url, _state),
-        engine_for(url, judge_model="fake-judge", reasoner_revision="r9") as engine,
+        engine_for(url, judge_model="stub-judge", reasoner_revision="r9") as engine,
     ):
         assert engine.identity("judge").revision == "abc1234def"
         assert engine.identity("reasoner").revision == "r9"
@@ -304,7 +304,7 @@ def test_reasoner_on_its_own_server() -> None:
         scripted_server(reasoner_script) as reasoner_url,
         engine_for(judge_url, judge_revision="judge-rev", reasoner_url=reasoner_url) as engine,
     ):
-        assert engine.identity("judge") == ModelIdentity("fake-judge", "judge-rev")
+        assert engine.identity("judge") == ModelIdentity("stub-judge", "judge-rev")
         # another server: the judge's configured revision does not carry over
         assert engine.identity("reasoner") == ModelIdentity("reasoner-7b", "beefcafe99")
         [gen] = engine.generate([_text_request("why?", role="reasoner")])
@@ -328,9 +328,9 @@ def test_body_carries_explicit_sampling_and_messages(red: NormalizedImage, blue:
     request = proto.judge_request(["likes red"], "a red barn", red, blue, sampling)
     with fake_openai_server() as (url, state), engine_for(url) as engine:
         [gen] = engine.generate([request])
-    assert gen.finish_reason == "stop" and "is better" in gen.text and gen.model == "fake-judge"
+    assert gen.finish_reason == "stop" and "is better" in gen.text and gen.model == "stub-judge"
     [body] = state.bodies
-    assert body["model"] == "fake-judge"
+    assert body["model"] == "stub-judge"
     assert body["temperature"] == 0.7 and body["top_p"] == 0.9
     assert body["max_tokens"] == 321 and body["seed"] == 1234
     assert "response_format" not in body
@@ -464,12 +464,23 @@ def test_usage_without_details_has_no_cached_tokens() -> None:
     assert gen.usage == {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}
 
 
-def test_non_json_200_is_a_malformed_generation() -> None:
+def test_a_json_200_that_is_no_completion_is_a_malformed_generation_not_retried() -> None:
     with fake_openai_server() as (url, state), engine_for(url) as engine:
         [gen] = engine.generate([_judge_request("garbage")])
     assert gen.finish_reason == "malformed"
-    assert "upstream proxy error" in gen.text
-    assert state.calls["garbage"] == 1  # not retried
+    assert "upstream said something else" in gen.text
+    assert state.calls["garbage"] == 1  # the server answered: not retried
+
+
+def test_a_200_that_is_not_json_is_retried_then_unavailable() -> None:
+    """A proxy's error page is not a model answer: retried like a 5xx (the workers' one HTTP policy)."""
+    with (
+        fake_openai_server() as (url, state),
+        engine_for(url) as engine,
+        pytest.raises(BackendUnavailable, match="not JSON"),
+    ):
+        engine.generate([_judge_request("not-json")])
+    assert state.calls["not-json"] == engine.config.max_attempts
 
 
 @pytest.mark.parametrize(

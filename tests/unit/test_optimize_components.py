@@ -19,12 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pigreward.synthetic import ATTRIBUTES, DrawParams, draw_image
-from tests.support.fake_images import MODEL, fake_image_server
-from tests.support.services import free_port, moto_s3
-from workers.backends.lite import LiteBackend
-from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
-from workers.errors import (
+from core.errors import (
     BackendRejected,
     BackendUnavailable,
     ForbiddenLocation,
@@ -34,9 +29,14 @@ from workers.errors import (
     PermanentError,
     TransientError,
 )
+from ops.stack import free_port, moto_s3
+from tests.support.fake_images import MODEL, fake_image_server
+from workers.backends.lite import LiteBackend
+from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
+from workers.drawing import ATTRIBUTES, DrawParams, draw_image
 from workers.features import FEATURE_KEYS, FEATURES
 from workers.imaging import ImageLimits, normalize
-from workers.optimize import (
+from workers.optimization import (
     DRAW_TARGETS,
     MODIFIERS,
     ExternalGenerator,
@@ -50,8 +50,8 @@ from workers.optimize import (
     parse_modifiers,
     strip_modifiers,
 )
-from workers.optimize.generators import draw_params, render_png
-from workers.optimize.rewriters import context_preferences, dimension_feature, parse_rewrites
+from workers.optimization.generators import draw_params, render_png
+from workers.optimization.rewriters import context_preferences, dimension_feature, parse_rewrites
 from workers.schemas import ContextData, ReferenceExample
 from workers.store import ImageStore, StoreConfig
 

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import TransientError
 from models.db import make_engine, session_scope, upgrade
-from models.ledger import JudgmentSpec, get_judgment, record_judgments
+from models.judgments import JudgmentSpec, get_judgment, record_judgments
+from models.references import add_reference
 from models.tables import UserContext
-from models.users import add_reference, ensure_tenant, ensure_user
-from pigreward.synthetic import DrawParams, draw_image
+from models.tenants import ensure_tenant
+from models.users import ensure_user
 from workers.backends.lite import LiteBackend
-from workers.errors import TransientError
+from workers.drawing import DrawParams, draw_image
 from workers.imaging import ImageLimits, ImageLoader
 from workers.pipeline import Resources, ensure_context, run_judgment
 from workers.store import ImageStore, StoreConfig
@@ -49,14 +51,14 @@ def res(tmp_path: Path) -> Resources:
     backend = CountingLite()
     CountingLite.builds = 0
     return Resources(
-        engine=make_engine(url),
+        db=make_engine(url),
         loader=ImageLoader(ImageStore(StoreConfig(image_root=root)), ImageLimits()),
         backend_for=lambda name, protocol=None: backend,
     )
 
 
 def _user(res: Resources, pairs: list[tuple[int, int]]) -> int:
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         tenant = ensure_tenant(session=session, name="default")
         user = ensure_user(session=session, tenant_id=tenant.id, external_id="u")  # type: ignore[arg-type]
         for i, (c, r) in enumerate(pairs):
@@ -80,13 +82,13 @@ def test_context_is_built_once_and_rebuilt_when_references_change(res: Resources
     third, data = ensure_context(res=res, backend=backend, user_id=user_id)
     assert third.id != first.id and third.reference_count == 3 and len(data.rationales) == 3
     assert CountingLite.builds == 2
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         assert session.get(UserContext, first.id) is not None  # the old version stays as history
 
 
 def test_run_judgment_directly_and_a_duplicate_claim_is_skipped(res: Resources) -> None:
     _user(res, [(0, 1), (2, 3), (4, 5)])
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         [jid] = record_judgments(
             session=session,
             specs=[
@@ -97,14 +99,14 @@ def test_run_judgment_directly_and_a_duplicate_claim_is_skipped(res: Resources) 
     assert summary.status == "done" and summary.winner == "A"  # 6 is warm, like every chosen image
     again = run_judgment(res=res, judgment_id=jid, token="other")
     assert again.skipped and again.status == "done"
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         row = get_judgment(session=session, judgment_id=jid)
     assert row.attempts == 1 and row.claim_token is None  # type: ignore[union-attr]
 
 
 def test_image_ids_are_cached_and_a_stale_id_is_forgotten_and_retried(res: Resources) -> None:
     _user(res, [(0, 1), (2, 3)])
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         jids = record_judgments(
             session=session,
             specs=[
@@ -113,7 +115,7 @@ def test_image_ids_are_cached_and_a_stale_id_is_forgotten_and_retried(res: Resou
             ],
         )
     assert run_judgment(res=res, judgment_id=jids[0], token="t1").status == "done"
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         row = get_judgment(session=session, judgment_id=jids[0])
     assert set(res.image_ids.values()) == {row.image_a_id, row.image_b_id}  # type: ignore[union-attr]
     sha_a = next(sha for sha, i in res.image_ids.items() if i == row.image_a_id)  # type: ignore[union-attr]
@@ -123,6 +125,6 @@ def test_image_ids_are_cached_and_a_stale_id_is_forgotten_and_retried(res: Resou
     assert res.image_ids == {}  # forgotten: the retry looks the rows up again
     summary = run_judgment(res=res, judgment_id=jids[1], token="t2")
     assert summary.status == "done"
-    with session_scope(res.engine) as session:
+    with session_scope(res.db) as session:
         again = get_judgment(session=session, judgment_id=jids[1])
     assert (again.image_a_id, again.image_b_id) == (row.image_a_id, row.image_b_id)  # type: ignore[union-attr]

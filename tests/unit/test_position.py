@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from pigreward.synthetic import DrawParams, draw_image
 from workers.backends.lite import LiteBackend
+from workers.drawing import DrawParams, draw_image
 from workers.imaging import ImageLimits, NormalizedImage, normalize
 from workers.position import PairVerdict, combine, judge_pair
 from workers.schemas import ContextData, JudgeResult, ReferenceExample

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from workers.errors import InvalidRequest, PermanentError
+from core.errors import InvalidRequest, PermanentError
 from workers.generation import ChatMessage, Generation, GenerationRequest, ImagePart, Sampling, TextPart
 from workers.imaging import ImageLimits, NormalizedImage, normalize
 from workers.protocols import PROTOCOLS, JsonV1, JudgeProtocol, PigrewardV1, get_protocol, json_v1
-from workers.protocols.base import format_rationales
+from workers.protocols.protocol import format_rationales
 from workers.protocols.templates import BUILTIN_DIR
 from workers.schemas import JudgeResult
 

@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from moto import mock_aws
 
-from workers.errors import (
+from core.errors import (
     ForbiddenLocation,
     ImageNotFound,
     ImageTooLarge,

@@ -10,7 +10,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pigreward import synthetic as syn
-from pigreward.synthetic import ATTRIBUTES, DrawParams, draw_image, generate, load, utility
+from pigreward.synthetic import generate, load, utility
+from workers.drawing import ATTRIBUTES, DrawParams, draw_image
 
 SMALL = dict(users=6, images=40, tests_per_user=6, image_size=32)
 

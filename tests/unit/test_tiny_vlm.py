@@ -1,4 +1,4 @@
-"""pigreward.tiny_vlm: offline tiny Qwen2-VL / Qwen2.5-VL checkpoints that load and generate."""
+"""tests.support.tiny_vlm: offline tiny Qwen2-VL / Qwen2.5-VL checkpoints that load and generate."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from transformers import (  # noqa: E402
     Qwen2VLForConditionalGeneration,
 )
 
-from pigreward.tiny_vlm import SPECIAL_TOKENS, build_tiny_vlm, build_tokenizer
+from tests.support.tiny_vlm import SPECIAL_TOKENS, build_tiny_vlm, build_tokenizer
 from workers.backends.qwen_vision import (
     VisionSpec,
     expand_image_pads,

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import UnknownBackend
 from workers.backends.base import Backend
 from workers.backends.hf_config import HFEngineConfig
 from workers.backends.lite import LiteBackend
 from workers.backends.openai_http import HTTPEngineConfig
-from workers.errors import UnknownBackend
 from workers.generation import Sampling
 
 BACKENDS = ("lite", "sglang", "hf")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core.errors import BackendRejected
 from workers.backends.hf_config import HFEngineConfig
 from workers.backends.qwen_vision import (
     IMAGE_PAD,
@@ -28,7 +29,6 @@ from workers.backends.qwen_vision import (
     mm_token_type_ids,
     preprocess,
 )
-from workers.errors import BackendRejected
 from workers.generation import ChatMessage, Generation, GenerationRequest, ImagePart, ModelIdentity, TextPart
 
 _SNAPSHOT_PARENT = "snapshots"

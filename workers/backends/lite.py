@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.errors import NoReferences
+from core.enums import Outcome
+from core.errors import NoReferences
 from workers.features import FEATURE_KEYS, FEATURES, extract
 from workers.generation import ModelIdentity
 from workers.imaging import NormalizedImage
@@ -171,7 +172,7 @@ class LiteBackend:
             f"{self._dimension_reason(best, f1[best], f2[best], weights[best], p['evidence'][FEATURES[best].key])}"
         )
         return JudgeResult(
-            outcome="valid",
+            outcome=Outcome.valid,
             winner=winner,  # type: ignore[arg-type]
             dimensions=dimensions,
             total_a=total_1,

@@ -10,7 +10,8 @@ import time
 from collections.abc import Sequence
 from functools import cached_property
 
-from workers.errors import NoReferences
+from core.enums import Outcome
+from core.errors import NoReferences
 from workers.generation import Engine, ModelIdentity, Sampling
 from workers.imaging import NormalizedImage
 from workers.protocols import JudgeProtocol
@@ -93,7 +94,7 @@ class LVLMBackend:
         [gen] = self.engine.generate([request])
         result = self.protocol.parse(gen)
         usage = dict(gen.usage)
-        if result.outcome == "invalid" and self.repair:
+        if result.outcome == Outcome.invalid and self.repair:
             follow_up = self.protocol.repair(request, gen, result)
             if follow_up is not None:
                 [gen2] = self.engine.generate([follow_up])

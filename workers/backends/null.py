@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from workers.errors import NoReferences
+from core.enums import Outcome
+from core.errors import NoReferences
 from workers.generation import ModelIdentity
 from workers.imaging import NormalizedImage
 from workers.schemas import ContextData, Dimension, JudgeResult, ReferenceExample
@@ -50,7 +51,7 @@ class NullBackend:
         self, context: ContextData, prompt: str, image_1: NormalizedImage, image_2: NormalizedImage
     ) -> JudgeResult:
         return JudgeResult(
-            outcome="valid",
+            outcome=Outcome.valid,
             winner="A",
             dimensions=list(_DIMENSIONS),
             total_a=11,

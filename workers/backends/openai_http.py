@@ -2,10 +2,9 @@
 
 SGLang batches continuously, so it starves on one-at-a-time calls: this engine is thread-safe and
 keeps up to `max_in_flight` requests open per process (many Celery threads, or a chunk's fan-out,
-share one engine). Every request carries explicit sampling parameters; 429, 5xx, connection errors
-and timeouts are retried with exponential backoff and full jitter, other 4xx are refusals. An answer
-that is not a chat completion comes back as a `malformed` generation (recorded `invalid`), never a
-crash.
+share one engine). Every request carries explicit sampling parameters. Retries follow the workers'
+one HTTP policy (`workers.http`); a JSON answer that is not a chat completion comes back as a
+`malformed` generation (recorded `invalid`), never a crash.
 """
 
 from __future__ import annotations
@@ -13,19 +12,15 @@ from __future__ import annotations
 import base64
 import io
 import json
-import random
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-
-from workers.errors import BackendRejected, BackendUnavailable
+from core.errors import BackendRejected, BackendUnavailable
 from workers.generation import (
     ChatMessage,
     Generation,
@@ -34,9 +29,9 @@ from workers.generation import (
     ModelIdentity,
     TextPart,
 )
+from workers.http import JSONClient, RetryPolicy
 from workers.imaging import NormalizedImage
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _SNAPSHOT = re.compile(r"snapshots/([0-9a-f]{7,40})")
 
 
@@ -64,14 +59,12 @@ class OpenAIHTTPEngine:
 
     def __init__(self, config: HTTPEngineConfig) -> None:
         self.config = config
-        self._slots = threading.BoundedSemaphore(config.max_in_flight)
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=config.max_in_flight, max_keepalive_connections=config.max_in_flight
-            ),
+        self._client = JSONClient(
+            policy=RetryPolicy(config.max_attempts, config.backoff_s, config.backoff_max_s),
+            timeout_s=config.read_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            api_key=config.api_key,
+            max_in_flight=config.max_in_flight,
         )
         self._fanout = ThreadPoolExecutor(max_workers=config.max_in_flight, thread_name_prefix="http-engine")
         self._images: OrderedDict[str, str] = OrderedDict()
@@ -114,16 +107,10 @@ class OpenAIHTTPEngine:
     def ready(self, role: Literal["judge", "reasoner"] = "judge") -> bool:
         """SGLang answers /health with 200 once the model is loaded; others: /v1/models."""
         url = self.target(role)[0]
-        for path in ("/health", "/v1/models"):
-            try:
-                if self._client.get(url + path, timeout=self.config.connect_timeout_s).status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                continue
-        return False
+        return any(self._client.status(url + path) == 200 for path in ("/health", "/v1/models"))
 
     def models(self, url: str) -> list[dict[str, Any]]:
-        body = self._call("GET", url + "/v1/models", None)
+        body = self._client.request("GET", url + "/v1/models")
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise BackendUnavailable(f"{url}/v1/models did not list models")
@@ -158,35 +145,8 @@ class OpenAIHTTPEngine:
                 "type": "json_schema",
                 "json_schema": {"name": "judgment", "schema": request.json_schema, "strict": True},
             }
-        answer = self._call("POST", url + "/v1/chat/completions", body)
+        answer = self._client.request("POST", url + "/v1/chat/completions", body)
         return _generation(answer, model)
-
-    def _call(self, method: str, url: str, body: dict[str, Any] | None) -> Any:
-        """One HTTP call with retries; returns parsed JSON, or the raw text if it is not JSON."""
-        last = ""
-        for attempt in range(self.config.max_attempts):
-            if attempt:
-                cap = min(self.config.backoff_max_s, self.config.backoff_s * 2 ** (attempt - 1))
-                time.sleep(random.uniform(0, cap))  # full jitter
-            try:
-                with self._slots:
-                    response = self._client.request(method, url, json=body)
-            except httpx.TimeoutException as exc:
-                last = f"timeout: {exc}"
-                continue
-            except httpx.TransportError as exc:
-                last = f"connection error: {exc}"
-                continue
-            if response.status_code in RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code >= 400:
-                raise BackendRejected(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}")
-            try:
-                return response.json()
-            except ValueError:
-                return response.text
-        raise BackendUnavailable(f"{method} {url} failed after {self.config.max_attempts} attempts ({last})")
 
     def _message(self, message: ChatMessage) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -231,5 +191,4 @@ def _generation(answer: Any, model: str) -> Generation:
             text=text, finish_reason=str(choice.get("finish_reason") or "stop"), model=model, usage=usage
         )
     except (KeyError, IndexError, TypeError, AttributeError):
-        raw = answer if isinstance(answer, str) else json.dumps(answer)[:4000]
-        return Generation(text=raw[:4000], finish_reason="malformed", model=model)
+        return Generation(text=json.dumps(answer)[:4000], finish_reason="malformed", model=model)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.errors import InvalidRequest
-from workers.protocols.base import JsonV1, JudgeProtocol, PigrewardV1
+from core.errors import InvalidRequest
+from workers.protocols.json_v1 import JsonV1
+from workers.protocols.pigreward_v1 import PigrewardV1
+from workers.protocols.protocol import JudgeProtocol
 
 PROTOCOLS: dict[str, type[JudgeProtocol]] = {"pigreward-v1": PigrewardV1, "json-v1": JsonV1}
 

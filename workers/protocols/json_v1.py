@@ -12,6 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.enums import Outcome, Winner
+from workers.generation import ChatMessage, Generation, GenerationRequest, TextPart
+from workers.protocols.protocol import JudgeProtocol
+from workers.schemas import Dimension, JudgeResult
+
 
 class JsonDimension(BaseModel):
     """As strict as the schema: no coerced types ("4", true), no extra keys."""
@@ -69,3 +74,63 @@ def validate(text: str) -> tuple[JsonJudgment | None, str | None]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         return None, f"schema: {where}: {first['msg']}"
+
+
+class JsonV1(JudgeProtocol):
+    """JSON answers, schema-enforced by the server and validated here; winner from the totals."""
+
+    name = "json-v1"
+    schema = SCHEMA
+
+    def judge_request(self, *args, **kwargs) -> GenerationRequest:  # type: ignore[no-untyped-def]
+        request = super().judge_request(*args, **kwargs)
+        return GenerationRequest(
+            messages=request.messages, sampling=request.sampling, role="judge", json_schema=self.schema
+        )
+
+    def parse(self, gen: Generation) -> JudgeResult:
+        if gen.finish_reason == "malformed":
+            return self._invalid(
+                gen, "malformed_response", "the server's answer was not an OpenAI chat completion"
+            )
+        if not gen.text.strip():
+            return self._invalid(gen, "empty", "no output")
+        if gen.finish_reason == "length":
+            return self._invalid(gen, "truncated", "the answer hit the token limit")
+        answer, problem = validate(gen.text)
+        if answer is None:
+            return self._invalid(gen, "invalid_json", problem)
+        total_1 = sum(d.score_1 for d in answer.dimensions)
+        total_2 = sum(d.score_2 for d in answer.dimensions)
+        winner = Winner.tie if total_1 == total_2 else (Winner.A if total_1 > total_2 else Winner.B)
+        return JudgeResult(
+            outcome=Outcome.valid,
+            winner=winner,  # type: ignore[arg-type]
+            dimensions=[
+                Dimension(name=d.name, reason=d.reason, score_a=d.score_1, score_b=d.score_2)
+                for d in answer.dimensions
+            ],
+            total_a=total_1,
+            total_b=total_2,
+            rationale=answer.summary,
+            raw_text=gen.text,
+            usage=gen.usage,
+        )
+
+    def repair(
+        self, request: GenerationRequest, gen: Generation, result: JudgeResult
+    ) -> GenerationRequest | None:
+        if result.invalid_reason not in ("invalid_json", "truncated", "empty"):
+            return None
+        follow_up = (
+            f"Your answer was not valid ({result.invalid_detail}). Answer again with only the JSON object, "
+            "following the schema exactly."
+        )
+        messages = (
+            *request.messages,
+            ChatMessage("assistant", (TextPart(gen.text),)),
+            ChatMessage("user", (TextPart(follow_up),)),
+        )
+        return GenerationRequest(
+            messages=messages, sampling=request.sampling, role=request.role, json_schema=request.json_schema
+        )

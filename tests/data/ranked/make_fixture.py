@@ -2,7 +2,7 @@
 
     python tests/data/ranked/make_fixture.py
 
-6 prompts x 4 images (32 px, drawn by pigreward.synthetic.draw_image), ranked by 3 simulated users
+6 prompts x 4 images (32 px, drawn by workers.drawing.draw_image), ranked by 3 simulated users
 with hidden tastes; each user holds some prompts as reference items and the others as test items.
 """
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pigreward.synthetic import ATTRIBUTES, DrawParams, draw_image, utility
+from pigreward.synthetic import utility
+from workers.drawing import ATTRIBUTES, DrawParams, draw_image
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = (

@@ -4,14 +4,14 @@ The pure components live here: the modifier vocabulary (`modifiers`), prompt rew
 (`rewriters`) and image generators (`generators`). They import nothing from `tasks` or `api`.
 """
 
-from workers.optimize.generators import (
+from workers.optimization.generators import (
     ExternalGenerator,
     ImageGenerator,
     OpenAIImageGenerator,
     ProceduralGenerator,
 )
-from workers.optimize.modifiers import DRAW_TARGETS, MODIFIERS, parse_modifiers, strip_modifiers
-from workers.optimize.rewriters import Feedback, LLMRewriter, ModifierRewriter, Rewriter
+from workers.optimization.modifiers import DRAW_TARGETS, MODIFIERS, parse_modifiers, strip_modifiers
+from workers.optimization.rewriters import Feedback, LLMRewriter, ModifierRewriter, Rewriter
 
 __all__ = [
     "DRAW_TARGETS",

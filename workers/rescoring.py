@@ -14,12 +14,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from core.enums import RunStatus
+from core.errors import PigrewardError
 from models.db import session_scope
-from models.rescore import archive_and_requeue, candidates, ensure_run
-from models.tables import Judgment, RescoreRun, UserContext, utcnow
-from models.users import list_references
+from models.references import list_references
+from models.rescoring import (
+    archive_and_requeue,
+    candidates,
+    count_requeued,
+    ensure_run,
+    finish_rescore_run,
+)
+from models.tables import Judgment, UserContext
 from workers.backends.base import Backend
-from workers.errors import PigrewardError
 from workers.pipeline import Resources, references_hash
 
 PAGE = 1000
@@ -88,7 +95,7 @@ def find_stale(
     stale: list[tuple[int, str]] = []
     after, scanned = 0, 0
     while True:
-        with session_scope(res.engine) as session:
+        with session_scope(res.db) as session:
             page = candidates(session=session, after_id=after, limit=PAGE, since=since)
             for judgment, _ in page:
                 if judgment.user_id is not None and judgment.user_id not in refs:
@@ -123,11 +130,11 @@ def run_rescore(
     """Find the stale set and re-queue it under `run_key`; `send` enqueues a chunk of judgment ids."""
     report = RescoreReport(run_key=run_key, dry_run=dry_run)
     if not dry_run:
-        with session_scope(res.engine) as session:
+        with session_scope(res.db) as session:
             run = ensure_run(
                 session=session, run_key=run_key, params={"since": since.isoformat() if since else None}
             )
-            if run.status == "done":
+            if run.status == RunStatus.done:
                 report.already_done = True
                 report.requeued, report.by_reason = run.requeued, dict(run.by_reason)
                 return report
@@ -140,27 +147,21 @@ def run_rescore(
         return report
     for start in range(0, len(stale), chunk_size):
         chunk = stale[start : start + chunk_size]
-        with session_scope(res.engine) as session:
+        with session_scope(res.db) as session:
             requeued = {
                 jid
                 for jid, reason in chunk
                 if archive_and_requeue(session=session, judgment_id=jid, reason=reason, run_id=run_id)
             }
-            run = session.get(RescoreRun, run_id)
-            merged = Counter(run.by_reason)  # type: ignore[union-attr]
-            merged.update(reason for jid, reason in chunk if jid in requeued)
-            run.requeued += len(requeued)  # type: ignore[union-attr]
-            run.by_reason = dict(merged)  # type: ignore[union-attr]
-            session.add(run)
+            count_requeued(
+                session=session, run_id=run_id, reasons=[reason for jid, reason in chunk if jid in requeued]
+            )
         if requeued:  # after the commit: the ledger knows before the broker does
             send(sorted(requeued))
             report.requeued_ids.extend(sorted(requeued))
         if progress:
             progress(len(chunk))
-    with session_scope(res.engine) as session:
-        run = session.get(RescoreRun, run_id)
-        run.status = "done"  # type: ignore[union-attr]
-        run.finished_at = utcnow()  # type: ignore[union-attr]
-        session.add(run)
-        report.requeued, report.by_reason = run.requeued, dict(run.by_reason)  # type: ignore[union-attr]
+    with session_scope(res.db) as session:
+        run = finish_rescore_run(session=session, run_id=run_id)
+        report.requeued, report.by_reason = run.requeued, dict(run.by_reason)
     return report

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from models.ledger import dimensions_of
-from models.tables import Judgment, JudgmentHistory, JudgmentStatus, RescoreRun, UserContext, utcnow
+from core.enums import RESCORABLE, JudgmentStatus, RunStatus
+from models.judgments import VERDICT_COLUMNS, dimensions_of
+from models.tables import Judgment, JudgmentHistory, RescoreRun, UserContext, utcnow
 from models.upsert import insert_ignore
-
-RESCORABLE = (JudgmentStatus.done, JudgmentStatus.invalid)
 
 
 def ensure_run(*, session: Session, run_key: str, params: dict[str, Any]) -> RescoreRun:
@@ -22,7 +23,7 @@ def ensure_run(*, session: Session, run_key: str, params: dict[str, Any]) -> Res
         [
             {
                 "run_key": run_key,
-                "status": "running",
+                "status": RunStatus.running,
                 "requeued": 0,
                 "by_reason": {},
                 "params": params,
@@ -34,6 +35,29 @@ def ensure_run(*, session: Session, run_key: str, params: dict[str, Any]) -> Res
     return session.exec(select(RescoreRun).where(RescoreRun.run_key == run_key)).one()
 
 
+def count_requeued(*, session: Session, run_id: int, reasons: Sequence[str]) -> None:
+    """Add judgments re-queued by this run (one reason each) to its totals."""
+    run = session.get(RescoreRun, run_id)
+    if run is None:
+        raise LookupError(f"re-scoring run {run_id} does not exist")
+    merged = Counter(run.by_reason)
+    merged.update(reasons)
+    run.requeued += len(reasons)
+    run.by_reason = dict(merged)
+    session.add(run)
+
+
+def finish_rescore_run(*, session: Session, run_id: int) -> RescoreRun:
+    """Mark the run done: a later run with the same key adds nothing."""
+    run = session.get(RescoreRun, run_id)
+    if run is None:
+        raise LookupError(f"re-scoring run {run_id} does not exist")
+    run.status = RunStatus.done
+    run.finished_at = utcnow()
+    session.add(run)
+    return run
+
+
 def candidates(
     *, session: Session, after_id: int, limit: int, since: datetime | None = None
 ) -> list[tuple[Judgment, UserContext | None]]:
@@ -41,7 +65,7 @@ def candidates(
     stmt = (
         select(Judgment, UserContext)
         .join(UserContext, col(UserContext.id) == col(Judgment.context_id), isouter=True)
-        .where(col(Judgment.status).in_(RESCORABLE), col(Judgment.id) > after_id)
+        .where(col(Judgment.status).in_(sorted(RESCORABLE)), col(Judgment.id) > after_id)
         .order_by(col(Judgment.id))
         .limit(limit)
     )
@@ -55,26 +79,7 @@ def archive_and_requeue(*, session: Session, judgment_id: int, reason: str, run_
     row = session.get(Judgment, judgment_id, with_for_update=session.get_bind().dialect.name == "postgresql")
     if row is None or row.status not in RESCORABLE:
         return False
-    snapshot = {
-        field: getattr(row, field)
-        for field in (
-            "status",
-            "winner",
-            "total_a",
-            "total_b",
-            "rationale",
-            "raw_outputs",
-            "invalid_reason",
-            "error",
-            "context_id",
-            "judge_model",
-            "model_revision",
-            "template_version",
-            "swap",
-            "usage",
-            "timings",
-        )
-    }
+    snapshot: dict[str, Any] = {column: getattr(row, column) for column in VERDICT_COLUMNS}
     snapshot["finished_at"] = row.finished_at.isoformat() if row.finished_at else None
     snapshot["dimensions"] = [
         {"name": d.name, "score_a": d.score_a, "score_b": d.score_b, "reason": d.reason}

@@ -22,7 +22,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from workers.features import FEATURE_KEYS, FEATURES
 from workers.generation import ChatMessage, Engine, GenerationRequest, Sampling, TextPart
-from workers.optimize.modifiers import (
+from workers.optimization.modifiers import (
     MODIFIERS,
     PHRASE_FEATURE,
     find_modifiers,

@@ -1,23 +1,30 @@
-"""Every way of sending a judgment writes exactly one ledger row, and lost messages are recovered."""
+"""The one submit path: every call records its ledger row first, messages carry only the row id,
+and lost messages are recovered from the ledger."""
 
 from __future__ import annotations
 
+import pytest
 from sqlmodel import select
 
 from models.db import session_scope
-from models.ledger import JudgmentSpec, record_judgments
+from models.judgments import JudgmentSpec, record_judgments
 from models.tables import Judgment, Tenant
 from pigreward.progress import wait_for_judgments
 from tasks import app, judge, reconcile
-from tasks.runtime import get_resources
+from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
 
 
 def _row(judgment_id: int) -> tuple[Judgment, str]:
-    with session_scope(get_resources().engine) as session:
+    with session_scope(get_db()) as session:
         row = session.get(Judgment, judgment_id)
         tenant = session.get(Tenant, row.tenant_id)  # type: ignore[union-attr]
         return row, tenant.name  # type: ignore[return-value,union-attr]
+
+
+def _rows(user: str) -> list[Judgment]:
+    with session_scope(get_db()) as session:
+        return list(session.exec(select(Judgment).where(Judgment.user_ref == user)))
 
 
 def test_positional_tenant_is_kept(stack) -> None:  # type: ignore[no-untyped-def]
@@ -29,26 +36,35 @@ def test_positional_tenant_is_kept(stack) -> None:  # type: ignore[no-untyped-de
     assert tenant == "acme" and row.status == "done" and row.winner == "A"
 
 
-def test_signature_and_send_task_paths_each_record_one_row(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_row_is_written_before_the_message_and_a_signature_takes_the_same_path(stack) -> None:  # type: ignore[no-untyped-def]
     user_who_likes_warm(stack, "sig-user")
     a = image(stack, "paths/sa.png", warmth=0.8, seed=93)
     b = image(stack, "paths/sb.png", warmth=0.2, seed=94)
+    pending = judge.apply_async(args=("sig-user", "later", a, b), countdown=3)
+    [row] = _rows("sig-user")  # recorded at once; the message is not due for 3 s
+    assert row.prompt == "later" and row.status == "queued"
+    assert pending.get(timeout=120)["judgment_id"] == row.id
     via_signature = judge.s("sig-user", "sig", a, b).delay().get(timeout=120)
-    via_send_task = app.send_task("pigreward.judge", args=["sig-user", "sent", a, b]).get(timeout=120)
-    assert via_signature["status"] == via_send_task["status"] == "done"
-    assert via_signature["judgment_id"] != via_send_task["judgment_id"]
+    assert via_signature["status"] == "done"
     again = judge.s("sig-user", "sig", a, b).delay().get(timeout=120)
     assert again["judgment_id"] == via_signature["judgment_id"] and again["skipped"]
-    with session_scope(get_resources().engine) as session:
-        rows = list(session.exec(select(Judgment).where(Judgment.user_ref == "sig-user")))
-    assert sorted(r.prompt for r in rows) == ["sent", "sig"]
+    assert sorted(r.prompt for r in _rows("sig-user")) == ["later", "sig"]
+
+
+def test_a_message_without_a_judgment_id_is_refused_and_records_nothing(stack) -> None:  # type: ignore[no-untyped-def]
+    a = image(stack, "paths/ra.png", warmth=0.8, seed=97)
+    b = image(stack, "paths/rb.png", warmth=0.2, seed=98)
+    result = app.send_task("pigreward.judge", args=["raw-user", "sent", a, b])
+    with pytest.raises(TypeError):
+        result.get(timeout=60)
+    assert _rows("raw-user") == []
 
 
 def test_reconcile_resends_a_judgment_whose_message_was_lost(stack) -> None:  # type: ignore[no-untyped-def]
     user_who_likes_warm(stack, "lost-user")
     a = image(stack, "paths/la.png", warmth=0.85, seed=95)
     b = image(stack, "paths/lb.png", warmth=0.15, seed=96)
-    with session_scope(get_resources().engine) as session:  # a ledger row whose message never went out
+    with session_scope(get_db()) as session:  # a ledger row whose message never went out
         [judgment_id] = record_judgments(
             session=session,
             specs=[JudgmentSpec(tenant="default", user="lost-user", prompt="lost", image_a=a, image_b=b)],
@@ -56,5 +72,5 @@ def test_reconcile_resends_a_judgment_whose_message_was_lost(stack) -> None:  # 
     assert _row(judgment_id)[0].status == "queued"
     summary = reconcile.delay(queued_for_s=0).get(timeout=60)
     assert summary["resent"] >= 1
-    counts = wait_for_judgments(get_resources().engine, [judgment_id], progress=False, timeout_s=60)
+    counts = wait_for_judgments(get_db(), [judgment_id], progress=False, timeout_s=60)
     assert counts == {"done": 1}

@@ -1,21 +1,20 @@
-"""Tiny random-weight Qwen2-VL / Qwen2.5-VL checkpoints, built offline in well under two seconds.
+"""Random-weight Qwen2-VL models at a named shape, with a tokenizer built offline: no download.
 
-`build_tiny_vlm(dir, kind)` writes a directory that `AutoTokenizer` and `AutoModelForImageTextToText`
-(or `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration`) load with
-`local_files_only=True`: config.json, model.safetensors, generation_config.json,
-preprocessor_config.json and the tokenizer files. Nothing is downloaded.
+What `bench/hf_throughput.py` measures the `hf` engine with (the released checkpoints' 7B shape, or a
+tiny one for a CPU smoke run), and what the tests' tiny checkpoints are made of
+(`tests/support/tiny_vlm.py` writes them to disk).
 
 The tokenizer is a byte-level BPE (Qwen2's pre-tokenizer regex, NFC normalizer) trained on a small
 built-in English corpus, plus Qwen's special tokens after the learned vocabulary (as in Qwen), and the
-Qwen2-VL chat template. The model is a 2-layer, 64-wide text decoder with a 1-block vision tower; its
-outputs are noise, but deterministic for a seed.
+Qwen2-VL chat template. The tiny shape is a 2-layer, 64-wide text decoder with a 1-block vision
+tower; its outputs are noise, but deterministic for a seed.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -23,10 +22,11 @@ from transformers import PreTrainedTokenizerFast
 __all__ = [
     "CHAT_TEMPLATE",
     "CORPUS",
+    "QWEN2_VL_7B",
     "SPECIAL_TOKENS",
     "TinyKind",
-    "build_tiny_vlm",
     "build_tokenizer",
+    "random_model",
     "tiny_config",
 ]
 
@@ -174,46 +174,17 @@ def _inline_chat_template(out_dir: Path) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["chat_template"] = CHAT_TEMPLATE
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    _write_json(config_path, config)
+    write_json(config_path, config)
     jinja = out_dir / "chat_template.jinja"
     if jinja.exists():
         jinja.unlink()
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-_BUILD_VERSION = 1  # bump when the files written below change, so cached builds are redone
-_STAMP = ".tiny_vlm.json"
-_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-)
-
 TEXT_HIDDEN = 64
-
-PREPROCESSOR_CONFIG = {
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "max_pixels": 200704,
-    "merge_size": 2,
-    "min_pixels": 3136,
-    "patch_size": 14,
-    "resample": 3,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"longest_edge": 200704, "shortest_edge": 3136},
-    "temporal_patch_size": 2,
-}
 
 
 def _vision_config(kind: TinyKind) -> dict:
@@ -294,65 +265,61 @@ def tiny_config(kind: TinyKind, token_ids: dict[str, int], vocab_size: int) -> d
     }
 
 
-def _is_built(out_dir: Path, stamp: dict) -> bool:
-    stamp_path = out_dir / _STAMP
-    if not stamp_path.is_file() or not all((out_dir / name).is_file() for name in _FILES):
-        return False
-    try:
-        return json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
-    except ValueError:
-        return False
+QWEN2_VL_7B = {  # the released PIGReward checkpoints' shape (Qwen2-VL-7B)
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {
+        "depth": 32,
+        "embed_dim": 1280,
+        "hidden_size": 3584,
+        "mlp_ratio": 4,
+        "num_heads": 16,
+        "in_chans": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+}
 
 
-def build_tiny_vlm(out_dir: Path, kind: TinyKind = "qwen2_vl", seed: int = 0) -> Path:
-    """Write a loadable tiny checkpoint of `kind` into `out_dir` (created if needed); return `out_dir`.
-
-    Idempotent: a directory already holding a complete build of the same kind, seed and builder version
-    is left untouched; otherwise the files are (re)written. The same seed gives the same weights; the
-    global torch RNG state is restored afterwards.
-    """
-    if kind not in ("qwen2_vl", "qwen2_5_vl"):
-        raise ValueError(f"unknown tiny VLM kind {kind!r}; expected 'qwen2_vl' or 'qwen2_5_vl'")
-    out_dir = Path(out_dir)
-    stamp = {"kind": kind, "seed": seed, "version": _BUILD_VERSION}
-    if _is_built(out_dir, stamp):
-        return out_dir
-
+def random_model(
+    shape: Literal["tiny", "7b"], device: str, workdir: Path
+) -> tuple[Any, PreTrainedTokenizerFast]:
+    """A Qwen2-VL model of `shape` with random weights (N(0, 0.02)) on `device`, and its tokenizer
+    (saved under `workdir`). bf16 on CUDA, fp32 elsewhere."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
-    from transformers.utils import logging as hf_logging
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / _STAMP).unlink(missing_ok=True)
-
-    tokenizer = build_tokenizer(out_dir)
-    token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config_json = tiny_config(kind, token_ids, len(tokenizer))
-    _write_json(out_dir / "config.json", config_json)
-    config = AutoConfig.from_pretrained(str(out_dir), local_files_only=True)
-
-    rng_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    finally:
-        torch.random.set_rng_state(rng_state)
-    model.generation_config = GenerationConfig(
-        bos_token_id=token_ids["<|endoftext|>"],
-        eos_token_id=token_ids["<|im_end|>"],
-        pad_token_id=token_ids["<|endoftext|>"],
-        do_sample=False,
+    tokenizer = build_tokenizer(workdir / "tok")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    ids.update(
+        {
+            t: tokenizer.convert_tokens_to_ids(t)
+            for t in (
+                "<|image_pad|>",
+                "<|video_pad|>",
+                "<|vision_start|>",
+                "<|vision_end|>",
+                "<|im_end|>",
+                "<|endoftext|>",
+            )
+        }
     )
-
-    bar_was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        # Writes the weights under the published checkpoints' names (model.layers.*, visual.*, lm_head).
-        model.save_pretrained(str(out_dir))
-    finally:
-        if bar_was_enabled:
-            hf_logging.enable_progress_bar()
-    _write_json(out_dir / "config.json", config_json)  # the hub layout, not this version's re-serialization
-    _write_json(out_dir / "preprocessor_config.json", PREPROCESSOR_CONFIG)
-    _write_json(out_dir / _STAMP, stamp)
-    return out_dir
+    cfg = tiny_config("qwen2_vl", ids, len(tokenizer))
+    if shape == "7b":
+        cfg.update(QWEN2_VL_7B)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    config = Qwen2VLConfig(**cfg)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    return model, tokenizer

@@ -15,19 +15,11 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, func, select
 
-from models.tables import (
-    Batch,
-    BatchItem,
-    DimensionScore,
-    Judgment,
-    JudgmentStatus,
-    utcnow,
-)
+from core.enums import RETRYABLE_ON_RESEND, JudgmentStatus, Winner
+from models.tables import DimensionScore, Judgment, utcnow
+from models.tenants import ensure_tenant
 from models.upsert import insert_ignore, natural_key
-from models.users import ensure_tenant, find_user
-
-RETRYABLE_ON_RESEND = (JudgmentStatus.rejected, JudgmentStatus.failed, JudgmentStatus.cancelled)
-"""A re-send puts these back in the queue (the input may have been fixed); verdicts stay."""
+from models.users import find_user
 
 
 class JudgmentSpec(BaseModel):
@@ -62,17 +54,39 @@ class DimensionRecord(BaseModel):
     reason: str = ""
 
 
+VERDICT_COLUMNS = (
+    "status",
+    "winner",
+    "total_a",
+    "total_b",
+    "rationale",
+    "raw_outputs",
+    "invalid_reason",
+    "error",
+    "context_id",
+    "image_a_id",
+    "image_b_id",
+    "judge_model",
+    "model_revision",
+    "template_version",
+    "swap",
+    "timings",
+    "usage",
+)
+"""The judgment columns a verdict writes; a re-scoring archives exactly these before replacing them."""
+
+
 class VerdictRecord(BaseModel):
     """A finished judgment as the ledger stores it (valid verdict or invalid model output)."""
 
     status: JudgmentStatus
-    winner: str | None = None
+    winner: Winner | None = None
     total_a: float | None = None
     total_b: float | None = None
     rationale: str | None = None
     raw_outputs: list[str] = Field(default_factory=list)
     invalid_reason: str | None = None
-    invalid_detail: str | None = None  # kept in `error` for invalid outputs
+    error: str | None = None  # for invalid outputs: what exactly was wrong, for a person
     dimensions: list[DimensionRecord] = Field(default_factory=list)
     context_id: int | None = None
     image_a_id: int | None = None
@@ -137,7 +151,7 @@ def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list
             ids[key] = jid  # type: ignore[assignment]
         session.execute(
             sa.update(Judgment)
-            .where(col(Judgment.key).in_(chunk), col(Judgment.status).in_(RETRYABLE_ON_RESEND))
+            .where(col(Judgment.key).in_(chunk), col(Judgment.status).in_(sorted(RETRYABLE_ON_RESEND)))
             .values(status=JudgmentStatus.queued, error=None, error_code=None, attempts=0, claim_token=None)
         )
     return [ids[k] for k in keys]
@@ -202,26 +216,6 @@ def _held(session: Session, judgment_id: int, token: str | None) -> Judgment:
     return row
 
 
-_VERDICT_FIELDS = (
-    "status",
-    "winner",
-    "total_a",
-    "total_b",
-    "rationale",
-    "raw_outputs",
-    "invalid_reason",
-    "context_id",
-    "image_a_id",
-    "image_b_id",
-    "judge_model",
-    "model_revision",
-    "template_version",
-    "swap",
-    "timings",
-    "usage",
-)
-
-
 def finish_judgment(
     *, session: Session, judgment_id: int, verdict: VerdictRecord, token: str | None = None
 ) -> None:
@@ -236,8 +230,8 @@ def finish_judgment(
     stmt = sa.update(table).where(table.c.id == judgment_id)
     if token is not None:
         stmt = stmt.where(table.c.status == JudgmentStatus.running, table.c.claim_token == token)
-    values = {name: getattr(verdict, name) for name in _VERDICT_FIELDS}
-    values.update(error=verdict.invalid_detail, error_code=None, claim_token=None, finished_at=utcnow())
+    values: dict[str, Any] = {name: getattr(verdict, name) for name in VERDICT_COLUMNS}
+    values.update(error_code=None, claim_token=None, finished_at=utcnow())
     updated = session.execute(stmt.values(**values))
     if updated.rowcount != 1:  # type: ignore[attr-defined]
         _held(session, judgment_id, token)  # raises LookupError or ClaimLost with the row's state
@@ -356,14 +350,6 @@ def status_counts(
     return {status: n for status, n in session.exec(stmt)}
 
 
-def create_batch(*, session: Session, tenant: str, name: str, kind: str = "judge", total: int = 0) -> Batch:
-    tenant_row = ensure_tenant(session=session, name=tenant)
-    batch = Batch(tenant_id=tenant_row.id, name=name, kind=kind, total=total)  # type: ignore[arg-type]
-    session.add(batch)
-    session.flush()
-    return batch
-
-
 def _locks(session: Session) -> bool:
     """Row locks where the database has them (Postgres); SQLite serializes writers anyway."""
     return session.get_bind().dialect.name == "postgresql"
@@ -389,49 +375,12 @@ def list_judgments(
     return list(session.exec(stmt.order_by(col(Judgment.id)).limit(limit).offset(offset)))
 
 
-def record_batch(
-    *, session: Session, tenant: str, name: str, specs: Sequence[JudgmentSpec], kind: str = "judge"
-) -> tuple[Batch, list[int]]:
-    """A batch and its ledger rows in one transaction; returns the batch and the ids in order."""
-    batch = create_batch(session=session, tenant=tenant, name=name, kind=kind, total=len(specs))
-    ids = record_judgments(
-        session=session, specs=[s.model_copy(update={"batch_id": batch.id}) for s in specs]
-    )
-    items = [{"batch_id": batch.id, "position": i, "judgment_id": jid} for i, jid in enumerate(ids)]
-    for start in range(0, len(items), 1000):
-        session.execute(sa.insert(BatchItem), items[start : start + 1000])
-    return batch, ids
-
-
-def batch_judgment_ids(*, session: Session, batch_id: int) -> list[int]:
+def recent_judgments(*, session: Session, tenant_id: int, user: str, limit: int = 50) -> list[Judgment]:
+    """A user's latest judgments, newest first (by the tenant's external id, so unknown users too)."""
     stmt = (
-        select(BatchItem.judgment_id).where(BatchItem.batch_id == batch_id).order_by(col(BatchItem.position))
+        select(Judgment)
+        .where(Judgment.tenant_id == tenant_id, Judgment.user_ref == user)
+        .order_by(col(Judgment.id).desc())
+        .limit(limit)
     )
     return list(session.exec(stmt))
-
-
-def batch_counts(*, session: Session, batch_id: int) -> dict[str, int]:
-    """Counts by status of the distinct judgments a batch asked for."""
-    ids = select(BatchItem.judgment_id).where(BatchItem.batch_id == batch_id)
-    stmt = select(Judgment.status, func.count()).where(col(Judgment.id).in_(ids)).group_by(Judgment.status)
-    return {status: n for status, n in session.exec(stmt)}
-
-
-def cancel_batch(*, session: Session, batch_id: int) -> int:
-    """Cancel what no worker has taken yet; running and finished rows are left alone."""
-    batch = session.get(Batch, batch_id)
-    if batch is not None and batch.cancelled_at is None:
-        batch.cancelled_at = utcnow()
-        session.add(batch)
-    ids = select(BatchItem.judgment_id).where(BatchItem.batch_id == batch_id)
-    result = session.execute(
-        sa.update(Judgment)
-        .where(col(Judgment.id).in_(ids), col(Judgment.status) == JudgmentStatus.queued)
-        .values(
-            status=JudgmentStatus.cancelled,
-            finished_at=utcnow(),
-            error_code="cancelled",
-            error="batch cancelled",
-        )
-    )
-    return result.rowcount  # type: ignore[attr-defined]

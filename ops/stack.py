@@ -1,7 +1,9 @@
-"""Real services for tests: a private Redis, a fresh Postgres database, a moto S3 server, a worker.
+"""A private stack on this machine: Redis, a fresh Postgres database, an S3 server, worker processes.
 
-Nothing is mocked: each fixture starts (or creates) the real thing on 127.0.0.1 and removes it
-afterwards. A missing binary or an unreachable Postgres is an error with instructions, never a skip.
+What the integration tests (as fixtures) and the throughput benchmarks stand the project up on, and a
+way to try a deployment locally. Nothing is mocked: each context manager starts (or creates) the
+real thing on 127.0.0.1 and removes it afterwards. A missing binary or an unreachable Postgres is an
+error with instructions.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) holding our packages
 
 
 def free_port() -> int:
@@ -155,8 +157,8 @@ def stack_env(
 def configured(env: dict[str, str]) -> Iterator[None]:
     """This process configured by `env`: settings, resources and the Celery app rebuilt, the database
     migrated; the previous environment restored afterwards."""
+    from core.settings import get_settings, reset_settings
     from models.db import upgrade
-    from pigreward.settings import get_settings, reset_settings
     from tasks.app import app, celery_config
     from tasks.runtime import reset_resources
 

@@ -1,6 +1,6 @@
 """Image generators: turn (prompt, seed) into an image stored at a URI the caller chooses.
 
-* `ProceduralGenerator` (CPU) draws a `pigreward.synthetic` picture whose attributes follow the
+* `ProceduralGenerator` (CPU) draws a `workers.drawing` picture whose attributes follow the
   prompt's modifier phrases: a stand-in generator with a known ground truth, for tests and demos.
 * `OpenAIImageGenerator` calls any OpenAI-compatible `POST /v1/images/generations` (SGLang's
   diffusion serving too) and stores the returned image.
@@ -14,23 +14,19 @@ import binascii
 import io
 import random
 import threading
-import time
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
-
-from pigreward.synthetic import ATTRIBUTES, DrawParams, draw_image
-from workers.backends.openai_http import RETRY_STATUS
-from workers.errors import (
+from core.errors import (
     BackendRejected,
-    BackendUnavailable,
     ImageNotFound,
     ImageNotReady,
     ImageUnreadable,
     InvalidRequest,
 )
+from workers.drawing import ATTRIBUTES, DrawParams, draw_image
+from workers.http import JSONClient, RetryPolicy
 from workers.imaging import ImageLimits, normalize
-from workers.optimize.modifiers import parse_modifiers
+from workers.optimization.modifiers import parse_modifiers
 from workers.store import ImageStore
 
 TARGET_NOISE = 0.05
@@ -108,11 +104,10 @@ class OpenAIImageGenerator:
     non-image is `ImageUnreadable`, a `PermanentError`) and stored with `store.put(uri, bytes)`.
 
     `model=None` uses the first model `GET /v1/models` lists, and leaves "model" out of the body when
-    the server has no such listing (404). 408/409/425/429/5xx, connection errors, timeouts and a 200
-    whose body is not JSON (a proxy's error page) are tried `max_attempts` times in all, with
-    exponential backoff and full jitter, then raise `BackendUnavailable`; other 4xx raise
-    `BackendRejected`, as does an answer without `b64_json` (this class never fetches image URLs a
-    server returns). Thread-safe.
+    the server has no such listing (404). Requests follow the workers' one HTTP retry policy
+    (`workers.http`: `max_attempts` tries in all, then `BackendUnavailable`; other 4xx
+    `BackendRejected`); an answer without `b64_json` is `BackendRejected` too (this class never
+    fetches image URLs a server returns). Thread-safe.
     """
 
     name = "openai"
@@ -130,19 +125,16 @@ class OpenAIImageGenerator:
         backoff_max_s: float = 10.0,
         limits: ImageLimits | None = None,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.base_url, self.endpoint = _endpoint(url)
         self.store = store
         self.model = model
         self.size = size
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
         self.limits = limits or ImageLimits()
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        self._client = JSONClient(
+            policy=RetryPolicy(max_attempts, backoff_s, backoff_max_s),
+            timeout_s=timeout_s,
+            connect_timeout_s=min(10.0, timeout_s),
+            api_key=api_key,
         )
         self._lock = threading.Lock()
         self._resolved = model is not None
@@ -158,7 +150,7 @@ class OpenAIImageGenerator:
         model = self._model()
         if model is not None:
             body = {"model": model, **body}
-        answer = self._call("POST", self.endpoint, body)
+        answer = self._client.request("POST", self.endpoint, body)
         try:
             encoded = answer["data"][0]["b64_json"]
             if not isinstance(encoded, str) or not encoded:
@@ -182,7 +174,7 @@ class OpenAIImageGenerator:
             if self._resolved:
                 return self.model
         try:
-            listed = self._call("GET", self.base_url + "/v1/models", None)
+            listed = self._client.request("GET", self.base_url + "/v1/models")
         except BackendRejected:  # no model listing on this server: send no model name
             listed = None
         data = listed.get("data") if isinstance(listed, dict) else None
@@ -190,32 +182,6 @@ class OpenAIImageGenerator:
         with self._lock:
             self.model, self._resolved = model, True
             return self.model
-
-    def _call(self, method: str, url: str, body: dict[str, Any] | None) -> Any:
-        last = ""
-        for attempt in range(self.max_attempts):
-            if attempt:
-                cap = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-                time.sleep(random.uniform(0, cap))  # full jitter
-            try:
-                response = self._client.request(method, url, json=body)
-            except httpx.TimeoutException as exc:
-                last = f"timeout: {exc}"
-                continue
-            except httpx.TransportError as exc:
-                last = f"connection error: {exc}"
-                continue
-            if response.status_code in RETRY_STATUS or response.status_code >= 500:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code >= 400:
-                raise BackendRejected(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}")
-            try:
-                return response.json()
-            except ValueError:
-                last = f"HTTP {response.status_code} with a body that is not JSON: {response.text[:200]}"
-                continue
-        raise BackendUnavailable(f"{method} {url} failed after {self.max_attempts} attempts ({last})")
 
 
 # -------------------------------------------------------------------------------------- external

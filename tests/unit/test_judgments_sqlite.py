@@ -10,11 +10,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from models import ledger
+from core.enums import JudgmentStatus
+from models import batches, judgments
 from models.db import current_revision, make_engine, session_scope, upgrade
-from models.ledger import DimensionRecord, JudgmentSpec, VerdictRecord
-from models.tables import DimensionScore, Judgment, JudgmentStatus, Tenant
-from models.users import ensure_tenant, ensure_user
+from models.judgments import DimensionRecord, JudgmentSpec, VerdictRecord
+from models.tables import DimensionScore, Judgment, Tenant
+from models.tenants import ensure_tenant
+from models.users import ensure_user
 
 
 @pytest.fixture()
@@ -39,12 +41,12 @@ def spec(**overrides: object) -> JudgmentSpec:
 
 def record(engine: Engine, *specs: JudgmentSpec) -> list[int]:
     with session_scope(engine) as s:
-        return ledger.record_judgments(session=s, specs=list(specs))
+        return judgments.record_judgments(session=s, specs=list(specs))
 
 
 def row(engine: Engine, jid: int) -> Judgment:
     with session_scope(engine) as s:
-        got = ledger.get_judgment(session=s, judgment_id=jid)
+        got = judgments.get_judgment(session=s, judgment_id=jid)
         assert got is not None
         return got
 
@@ -192,7 +194,7 @@ def test_known_user_is_linked(engine: Engine) -> None:
 def test_resend_requeues_rejected_and_failed(engine: Engine, status: JudgmentStatus) -> None:
     [jid] = record(engine, spec())
     with session_scope(engine) as s:
-        ledger.close_with_error(
+        judgments.close_with_error(
             session=s, judgment_id=jid, status=status, code="image_not_found", message="gone"
         )
     r = row(engine, jid)
@@ -227,7 +229,7 @@ def test_resend_requeues_only_the_resent_rows(engine: Engine) -> None:
 
 
 def claim(s, jid: int, token: str = "t1", lease_s: float = 3600, max_attempts: int = 8):  # type: ignore[no-untyped-def]
-    return ledger.claim_judgment(
+    return judgments.claim_judgment(
         session=s, judgment_id=jid, token=token, lease_s=lease_s, max_attempts=max_attempts
     )
 
@@ -250,10 +252,12 @@ def test_an_expired_claim_is_taken_over_and_the_old_holder_cannot_write(engine: 
         assert claim(s, jid, "dead-worker") is not None
     with session_scope(engine) as s:
         assert claim(s, jid, "new-worker", lease_s=0) is not None
-    with session_scope(engine) as s, pytest.raises(ledger.ClaimLost):
-        ledger.finish_judgment(session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)), token="dead-worker")
+    with session_scope(engine) as s, pytest.raises(judgments.ClaimLost):
+        judgments.finish_judgment(
+            session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)), token="dead-worker"
+        )
     with session_scope(engine) as s:
-        assert not ledger.close_with_error(
+        assert not judgments.close_with_error(
             session=s,
             judgment_id=jid,
             status=JudgmentStatus.failed,
@@ -262,7 +266,9 @@ def test_an_expired_claim_is_taken_over_and_the_old_holder_cannot_write(engine: 
             token="dead-worker",
         )
     with session_scope(engine) as s:
-        ledger.finish_judgment(session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)), token="new-worker")
+        judgments.finish_judgment(
+            session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)), token="new-worker"
+        )
     assert row(engine, jid).status == JudgmentStatus.done
     assert row(engine, jid).claim_token is None
 
@@ -283,8 +289,8 @@ def test_release_puts_the_row_back_for_another_message(engine: Engine) -> None:
     with session_scope(engine) as s:
         assert claim(s, jid, "a") is not None
     with session_scope(engine) as s:
-        assert not ledger.release_judgment(session=s, judgment_id=jid, token="b")
-        assert ledger.release_judgment(session=s, judgment_id=jid, token="a")
+        assert not judgments.release_judgment(session=s, judgment_id=jid, token="b")
+        assert judgments.release_judgment(session=s, judgment_id=jid, token="a")
     assert row(engine, jid).status == JudgmentStatus.queued
     with session_scope(engine) as s:
         assert claim(s, jid, "b") is not None
@@ -294,10 +300,10 @@ def test_stale_judgments_finds_lost_messages_only(engine: Engine) -> None:
     a, b, c = record(engine, spec(prompt="a"), spec(prompt="b"), spec(prompt="c"))
     with session_scope(engine) as s:
         claim(s, b, "running")
-        ledger.finish_judgment(session=s, judgment_id=c, verdict=verdict(("x", 1, 2)))
+        judgments.finish_judgment(session=s, judgment_id=c, verdict=verdict(("x", 1, 2)))
     with session_scope(engine) as s:
-        assert ledger.stale_judgments(session=s, queued_for_s=3600, lease_s=3600) == []
-        assert sorted(ledger.stale_judgments(session=s, queued_for_s=-1, lease_s=-1)) == sorted([a, b])
+        assert judgments.stale_judgments(session=s, queued_for_s=3600, lease_s=3600) == []
+        assert sorted(judgments.stale_judgments(session=s, queued_for_s=-1, lease_s=-1)) == sorted([a, b])
 
 
 def test_start_marks_running_and_counts_attempts(engine: Engine) -> None:
@@ -337,7 +343,7 @@ def test_start_after_finish_is_none(engine: Engine) -> None:
     with session_scope(engine) as s:
         assert claim(s, jid) is not None
     with session_scope(engine) as s:
-        ledger.finish_judgment(session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)))
+        judgments.finish_judgment(session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)))
     with session_scope(engine) as s:
         assert claim(s, jid) is None
     assert row(engine, jid).attempts == 1
@@ -351,7 +357,7 @@ def test_finish_stores_verdict_and_dimensions_in_order(engine: Engine) -> None:
     set_status(engine, jid, JudgmentStatus.running, error="old", error_code="old_code")
     dims = [("Warm palette", 6.5, 4.0), ("Brightness", 5.0, 5.5), ("Contrast", 4.25, 5.0)]
     with session_scope(engine) as s:
-        ledger.finish_judgment(session=s, judgment_id=jid, verdict=verdict(*dims, swap=True))
+        judgments.finish_judgment(session=s, judgment_id=jid, verdict=verdict(*dims, swap=True))
     r = row(engine, jid)
     assert r.status == JudgmentStatus.done
     assert r.winner == "A"
@@ -366,7 +372,7 @@ def test_finish_stores_verdict_and_dimensions_in_order(engine: Engine) -> None:
     assert r.error is None and r.error_code is None
     assert r.finished_at is not None
     with session_scope(engine) as s:
-        stored = ledger.dimensions_of(session=s, judgment_id=jid)
+        stored = judgments.dimensions_of(session=s, judgment_id=jid)
     assert [(d.position, d.name, d.score_a, d.score_b) for d in stored] == [
         (i, n, a, b) for i, (n, a, b) in enumerate(dims)
     ]
@@ -376,15 +382,15 @@ def test_finish_stores_verdict_and_dimensions_in_order(engine: Engine) -> None:
 def test_refinish_replaces_dimensions(engine: Engine) -> None:
     [jid] = record(engine, spec())
     with session_scope(engine) as s:
-        ledger.finish_judgment(
+        judgments.finish_judgment(
             session=s, judgment_id=jid, verdict=verdict(("a", 1, 2), ("b", 3, 4), ("c", 5, 6), ("d", 7, 8))
         )
     with session_scope(engine) as s:
-        ledger.finish_judgment(
+        judgments.finish_judgment(
             session=s, judgment_id=jid, verdict=verdict(("x", 9, 1), ("y", 2, 2), ("z", 0, 1), winner="B")
         )
     with session_scope(engine) as s:
-        stored = ledger.dimensions_of(session=s, judgment_id=jid)
+        stored = judgments.dimensions_of(session=s, judgment_id=jid)
     assert [(d.position, d.name) for d in stored] == [(0, "x"), (1, "y"), (2, "z")]
     assert count(engine, DimensionScore) == 3
     assert row(engine, jid).winner == "B"
@@ -395,26 +401,26 @@ def test_refinish_same_verdict_twice_no_duplicates(engine: Engine) -> None:
     v = verdict(("a", 1, 2), ("b", 3, 4), ("c", 5, 6))
     for _ in range(3):
         with session_scope(engine) as s:
-            ledger.finish_judgment(session=s, judgment_id=jid, verdict=v)
+            judgments.finish_judgment(session=s, judgment_id=jid, verdict=v)
     assert count(engine, DimensionScore) == 3
 
 
 def test_finish_only_touches_its_own_dimensions(engine: Engine) -> None:
     a, b = record(engine, spec(prompt="a"), spec(prompt="b"))
     with session_scope(engine) as s:
-        ledger.finish_judgment(
+        judgments.finish_judgment(
             session=s, judgment_id=a, verdict=verdict(("a1", 1, 2), ("a2", 1, 2), ("a3", 1, 2))
         )
-        ledger.finish_judgment(
+        judgments.finish_judgment(
             session=s, judgment_id=b, verdict=verdict(("b1", 1, 2), ("b2", 1, 2), ("b3", 1, 2))
         )
     with session_scope(engine) as s:
-        ledger.finish_judgment(
+        judgments.finish_judgment(
             session=s, judgment_id=b, verdict=verdict(("c1", 1, 2), ("c2", 1, 2), ("c3", 1, 2))
         )
     with session_scope(engine) as s:
-        assert [d.name for d in ledger.dimensions_of(session=s, judgment_id=a)] == ["a1", "a2", "a3"]
-        assert [d.name for d in ledger.dimensions_of(session=s, judgment_id=b)] == ["c1", "c2", "c3"]
+        assert [d.name for d in judgments.dimensions_of(session=s, judgment_id=a)] == ["a1", "a2", "a3"]
+        assert [d.name for d in judgments.dimensions_of(session=s, judgment_id=b)] == ["c1", "c2", "c3"]
 
 
 def test_finish_invalid_verdict(engine: Engine) -> None:
@@ -423,7 +429,7 @@ def test_finish_invalid_verdict(engine: Engine) -> None:
         status=JudgmentStatus.invalid, invalid_reason="first_order:no_scores", raw_outputs=["??"]
     )
     with session_scope(engine) as s:
-        ledger.finish_judgment(session=s, judgment_id=jid, verdict=v)
+        judgments.finish_judgment(session=s, judgment_id=jid, verdict=v)
     r = row(engine, jid)
     assert r.status == JudgmentStatus.invalid
     assert r.winner is None
@@ -437,13 +443,13 @@ def test_finish_invalid_verdict(engine: Engine) -> None:
 
 def test_finish_unknown_raises(engine: Engine) -> None:
     with pytest.raises(LookupError), session_scope(engine) as s:
-        ledger.finish_judgment(session=s, judgment_id=999, verdict=verdict(("a", 1, 2)))
+        judgments.finish_judgment(session=s, judgment_id=999, verdict=verdict(("a", 1, 2)))
 
 
 def test_finish_is_atomic_with_the_session(engine: Engine) -> None:
     [jid] = record(engine, spec())
     with pytest.raises(RuntimeError), session_scope(engine) as s:
-        ledger.finish_judgment(
+        judgments.finish_judgment(
             session=s, judgment_id=jid, verdict=verdict(("a", 1, 2), ("b", 1, 2), ("c", 1, 2))
         )
         raise RuntimeError("worker died before commit")
@@ -454,11 +460,15 @@ def test_finish_is_atomic_with_the_session(engine: Engine) -> None:
 # ---------------------------------------------------------------------------- close_with_error
 
 
-def test_close_with_error_unknown_is_silent(engine: Engine) -> None:
+def test_close_with_error_of_an_unknown_row_is_false_and_writes_nothing(engine: Engine) -> None:
     with session_scope(engine) as s:
-        ledger.close_with_error(
+        closed = judgments.close_with_error(
             session=s, judgment_id=12345, status=JudgmentStatus.failed, code="x", message="y"
         )
+    assert closed is False
+    with session_scope(engine) as s:
+        assert judgments.get_judgment(session=s, judgment_id=12345) is None
+        assert judgments.status_counts(session=s) == {}
 
 
 # ------------------------------------------------------------------------------- status_counts
@@ -466,36 +476,40 @@ def test_close_with_error_unknown_is_silent(engine: Engine) -> None:
 
 def test_status_counts(engine: Engine) -> None:
     with session_scope(engine) as s:
-        batch = ledger.create_batch(session=s, tenant="acme", name="nightly", total=3)
+        batch = batches.create_batch(session=s, tenant="acme", name="nightly", total=3)
         batch_id = batch.id
         assert batch_id is not None
     in_batch = record(engine, *(spec(prompt=f"b{i}", batch_id=batch_id) for i in range(3)))
     loose = record(engine, *(spec(prompt=f"l{i}") for i in range(4)))
     with session_scope(engine) as s:
-        ledger.finish_judgment(session=s, judgment_id=in_batch[0], verdict=verdict(("a", 1, 2)))
-        ledger.close_with_error(
+        judgments.finish_judgment(session=s, judgment_id=in_batch[0], verdict=verdict(("a", 1, 2)))
+        judgments.close_with_error(
             session=s, judgment_id=in_batch[1], status=JudgmentStatus.rejected, code="c", message="m"
         )
         claim(s, loose[0])
-        ledger.close_with_error(
+        judgments.close_with_error(
             session=s, judgment_id=loose[1], status=JudgmentStatus.failed, code="c", message="m"
         )
     with session_scope(engine) as s:
-        assert ledger.status_counts(session=s) == {
+        assert judgments.status_counts(session=s) == {
             "queued": 3,
             "done": 1,
             "rejected": 1,
             "running": 1,
             "failed": 1,
         }
-        assert ledger.status_counts(session=s, batch_id=batch_id) == {"queued": 1, "done": 1, "rejected": 1}
-        assert ledger.status_counts(session=s, ids=loose[:2]) == {"running": 1, "failed": 1}
-        assert ledger.status_counts(session=s, ids=iter(loose)) == {"queued": 2, "running": 1, "failed": 1}
-        assert ledger.status_counts(session=s, batch_id=batch_id, ids=loose) == {}
-        assert ledger.status_counts(session=s, ids=[]) == {}
-        assert sum(ledger.status_counts(session=s).values()) == 7
+        assert judgments.status_counts(session=s, batch_id=batch_id) == {
+            "queued": 1,
+            "done": 1,
+            "rejected": 1,
+        }
+        assert judgments.status_counts(session=s, ids=loose[:2]) == {"running": 1, "failed": 1}
+        assert judgments.status_counts(session=s, ids=iter(loose)) == {"queued": 2, "running": 1, "failed": 1}
+        assert judgments.status_counts(session=s, batch_id=batch_id, ids=loose) == {}
+        assert judgments.status_counts(session=s, ids=[]) == {}
+        assert sum(judgments.status_counts(session=s).values()) == 7
 
 
 def test_status_counts_empty(engine: Engine) -> None:
     with Session(engine) as s:
-        assert ledger.status_counts(session=s) == {}
+        assert judgments.status_counts(session=s) == {}

@@ -1,0 +1,57 @@
+"""`pigreward`: the command line, one module per noun; each command is a few lines over the layers below.
+
+Commands are loaded when they run (click's lazy-group pattern), so `pigreward --help` and a quick
+`pigreward parse` do not pay for importing Celery, the database layer or the benchmarks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+COMMANDS = {
+    "demo": "pigreward.cli.demo:demo",
+    "synth": "pigreward.cli.demo:synth",
+    "worker": "pigreward.cli.services:worker",
+    "serve": "pigreward.cli.services:serve",
+    "api": "pigreward.cli.services:api_server",
+    "flower": "pigreward.cli.services:flower",
+    "check": "pigreward.cli.services:check",
+    "parse": "pigreward.cli.protocols:parse",
+    "judge": "pigreward.cli.judging:judge",
+    "refs": "pigreward.cli.users:refs",
+    "keys": "pigreward.cli.keys:keys",
+    "db": "pigreward.cli.db:db",
+    "rescore": "pigreward.cli.rescoring:rescore",
+    "flag": "pigreward.cli.rescoring:flag",
+    "optimize": "pigreward.cli.optimization:optimize",
+    "bench": "pigreward.cli.bench:bench",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported by name when they are used (or listed in --help)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, name = self.lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
+@click.version_option(package_name="pigreward")
+def main() -> None:
+    """Personalized pairwise judging of text-to-image outputs (PIGReward) as a batch job queue."""

@@ -1,0 +1,99 @@
+"""`pigreward judge`: one pair judged right here (no worker needed), printed as a dimension table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from typing import Any
+
+import click
+
+from core.enums import JudgmentStatus
+from core.errors import TransientError
+from models.db import session_scope
+from models.judgments import dimensions_of, get_judgment, release_judgment
+from models.tables import DimensionScore, Judgment
+from pigreward.cli.common import BACKEND_CHOICES, PROTOCOL_CHOICES, as_uri, migrated_db
+from tasks.runtime import get_resources
+from tasks.submit import commit_judgments, judgment_spec
+from workers.pipeline import run_judgment
+
+
+@click.command()
+@click.option("--user", required=True, help="The end user's external id.")
+@click.option("--prompt", required=True, help="The prompt both images were generated for.")
+@click.option(
+    "--backend", type=click.Choice(BACKEND_CHOICES), default=None, help="Judge backend (default: settings)."
+)
+@click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default=None, help="LVLM protocol.")
+@click.option(
+    "--swap/--no-swap", default=None, help="Judge both orders (default: on for LVLM backends, off for lite)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the stored judgment as JSON.")
+@click.argument("image_a")
+@click.argument("image_b")
+def judge(
+    user: str,
+    prompt: str,
+    backend: str | None,
+    protocol: str | None,
+    swap: bool | None,
+    as_json: bool,
+    image_a: str,
+    image_b: str,
+) -> None:
+    """Judge one pair (local files or URIs) for USER and print the dimension table."""
+    db = migrated_db()
+    res = get_resources()
+    options: dict[str, Any] = {}
+    if swap is not None:
+        options["swap"] = swap
+    if backend:
+        options["backend"] = backend
+    if protocol:
+        options["protocol"] = protocol
+    store = res.loader.store
+    spec = judgment_spec(user, prompt, as_uri(image_a, store), as_uri(image_b, store), options)
+    [judgment_id] = commit_judgments([spec])
+    token = f"cli-{uuid.uuid4()}"
+    try:
+        run_judgment(res=res, judgment_id=judgment_id, token=token)
+    except TransientError as exc:
+        with session_scope(db) as session:
+            release_judgment(session=session, judgment_id=judgment_id, token=token)
+        raise click.ClickException(f"judgment {judgment_id} not finished, try again later: {exc}") from exc
+    with session_scope(db) as session:
+        row = get_judgment(session=session, judgment_id=judgment_id)
+        dims = dimensions_of(session=session, judgment_id=judgment_id)
+    assert row is not None
+    if as_json:
+        out = row.model_dump(mode="json")
+        out["dimensions"] = [d.model_dump(mode="json", exclude={"id", "judgment_id"}) for d in dims]
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(render_judgment(row, dims))
+    if row.status != JudgmentStatus.done:
+        sys.exit(1)
+
+
+def render_judgment(row: Judgment, dims: list[DimensionScore]) -> str:
+    lines = [f"judgment {row.id}  user {row.user_ref}  status {row.status}"]
+    if row.status in (JudgmentStatus.rejected, JudgmentStatus.failed):
+        lines.append(f"error [{row.error_code}]: {row.error}")
+        return "\n".join(lines)
+    if row.status == JudgmentStatus.invalid:
+        lines.append(f"invalid output ({row.invalid_reason}); raw text:")
+        lines.extend(row.raw_outputs)
+        return "\n".join(lines)
+    width = max([len(d.name) for d in dims] + [9])
+    lines.append(f"{'dimension':<{width}}  {'A':>7}  {'B':>7}  reason")
+    for d in dims:
+        lines.append(f"{d.name:<{width}}  {d.score_a:>7.2f}  {d.score_b:>7.2f}  {d.reason}")
+    lines.append(f"{'total':<{width}}  {row.total_a or 0:>7.2f}  {row.total_b or 0:>7.2f}")
+    lines.append(
+        f"winner: {row.winner}   ({row.judge_model} rev {row.model_revision}, {row.template_version})"
+    )
+    if row.rationale:
+        lines.append(f"rationale: {row.rationale}")
+    return "\n".join(lines)

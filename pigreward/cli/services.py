@@ -1,0 +1,136 @@
+"""Commands that start a long-running component: a worker, the API, Flower, a local model server."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import uvicorn
+
+from core.errors import PigrewardError
+from core.settings import get_settings
+from models.db import upgrade
+from ops.flower import run_flower
+from ops.openai_server import serve as run_model_server
+from pigreward.cli.common import BACKEND_CHOICES
+from tasks import app
+from tasks.config import backend_config
+from workers.backends import create_backend
+from workers.backends.openai_http import OpenAIHTTPEngine
+
+
+@click.command()
+@click.option(
+    "-Q", "--queues", default="context,judge,optimize,bulk", show_default=True, help="Comma-separated queues."
+)
+@click.option("-c", "--concurrency", type=int, default=None, help="Pool size (default: settings).")
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "prefork", "solo"]),
+    default="threads",
+    show_default=True,
+    help="threads suits I/O-bound backends (sglang); prefork suits CPU-bound lite.",
+)
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def worker(queues: str, concurrency: int | None, pool: str, loglevel: str) -> None:
+    """Start a Celery worker on the configured broker."""
+    settings = get_settings()
+    if settings.embedded_broker:
+        raise click.UsageError(
+            "the broker is memory:// (embedded): a separate worker cannot reach it. "
+            "Set PIGREWARD_BROKER_URL=redis://host:6379/0 to run workers."
+        )
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={queues}",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--pool={pool}",
+            f"--loglevel={loglevel}",
+        ]
+    )
+
+
+@click.command()
+@click.option("--judge", required=True, help="Judge checkpoint: a local directory or an HF-cache id.")
+@click.option("--reasoner", default=None, help="Reasoner checkpoint (default: the judge serves both).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=30000, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--max-batch", default=16, show_default=True, help="Requests batched into one generate.")
+def serve(judge: str, reasoner: str | None, host: str, port: int, device: str, max_batch: int) -> None:
+    """Serve checkpoints over an OpenAI-compatible API (a local stand-in for SGLang)."""
+    click.echo(f"serving {judge}{' and ' + reasoner if reasoner else ''} on http://{host}:{port}", err=True)
+    run_model_server(judge, reasoner, host=host, port=port, device=device, max_batch=max_batch)
+
+
+@click.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
+def api_server(host: str, port: int, workers: int) -> None:
+    """Run the REST submit API (OpenAPI docs at /docs)."""
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    if settings.embedded_broker:
+        click.echo("warning: memory:// broker: jobs submitted here need a worker in this process", err=True)
+    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--user",
+    envvar="PIGREWARD_FLOWER_USER",
+    default=None,
+    help="Basic-auth user (env PIGREWARD_FLOWER_USER).",
+)
+@click.option("--no-auth", is_flag=True, help="No basic auth (loopback address only).")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, user: str | None, no_auth: bool, extra: tuple[str, ...]) -> None:
+    """Start Flower on the configured broker, behind basic auth (password from PIGREWARD_FLOWER_PASSWORD)."""
+    password = os.environ.get("PIGREWARD_FLOWER_PASSWORD")
+    auth = f"{user}:{password}" if user and password else None
+    try:
+        run_flower(
+            get_settings().broker_url,
+            port=port,
+            address=address,
+            basic_auth=auth,
+            extra=list(extra),
+            no_auth=no_auth,
+            exec_=True,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.command("check")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_CHOICES),
+    default=None,
+    help="Backend to check (default: settings).",
+)
+def check(backend: str | None) -> None:
+    """Is the configured backend ready? Prints model identity and template version, exits 1 if not."""
+    settings = get_settings()
+    name = backend or settings.backend
+    config = backend_config(settings)
+    if name == "sglang":
+        engine = OpenAIHTTPEngine(config.http)
+        for role in ("judge", "reasoner"):
+            url = engine.target(role)[0]
+            click.echo(f"{role}: {url} {'ready' if engine.ready(role) else 'NOT READY'}")
+        engine.close()
+    try:
+        instance = create_backend(name, config)
+        click.echo(f"backend {name}: judge {instance.model_id} rev {instance.model_revision}")
+        ctx = instance.context_identity
+        click.echo(f"contexts by {ctx.model_id} rev {ctx.revision}; template {instance.template_version}")
+        instance.close()
+    except PigrewardError as exc:
+        click.echo(f"backend {name} not usable: {exc.message}", err=True)
+        sys.exit(1)

@@ -1,0 +1,171 @@
+"""Judge tasks. Each reads as the pipeline: ledger row → run → summary; the logic is in workers/.
+
+`judge.delay(user, prompt, image_a, image_b, options)` goes through `tasks.submit`: the ledger row
+(status `queued`) is committed in the caller's process, then a message carrying only its id is sent,
+so the database always knows what was asked for; the same arguments again find the same row
+(natural key) and add nothing. Messages carry `judgment_id` and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, ClassVar
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.result import AsyncResult
+
+from core.enums import JudgmentStatus
+from core.errors import PigrewardError, TransientError
+from core.settings import get_settings
+from models.db import session_scope
+from models.judgments import release_judgment, stale_judgments
+from tasks.app import app
+from tasks.runtime import get_resources
+from tasks.submit import judgment_spec, send_judgments, submit_judgment
+from workers.pipeline import Resources, record_failure, run_judgment
+
+log = logging.getLogger(__name__)
+
+
+class PigrewardTask(Task):  # type: ignore[misc]  # celery ships no type hints
+    """Transient errors retried with exponential backoff and jitter, as many times as settings say."""
+
+    autoretry_for = (TransientError,)
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+
+    @property
+    def max_retries(self) -> int:  # read when a retry happens, not when the module is imported
+        return int(self.app.conf.get("pigreward_max_retries", 5))
+
+
+class LedgerTask(PigrewardTask):
+    """A task called with what the user asks for and run with the id of the ledger row recording it.
+
+    `delay(...)` / `apply_async(args, kwargs)` with the documented arguments go through `submit`
+    (row committed, then a message carrying only `row_arg`); Celery's own sends (retries,
+    redeliveries) and ours carry that id alone and pass straight through.
+    """
+
+    row_arg: ClassVar[str] = "judgment_id"
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        if not args and kwargs is not None and set(kwargs) == {self.row_arg}:
+            return super().apply_async(args, kwargs, **options)
+        return self.submit(*(args or ()), **(kwargs or {}), send_options=options)
+
+    def submit(self, *args: Any, send_options: dict[str, Any], **kwargs: Any) -> AsyncResult:
+        raise NotImplementedError
+
+
+class JudgeTask(LedgerTask):
+    def submit(  # type: ignore[override]  # the documented call, narrower than *args
+        self,
+        user: str,
+        prompt: str,
+        image_a: str,
+        image_b: str,
+        options: dict[str, Any] | None = None,
+        tenant: str | None = None,
+        batch_id: int | None = None,
+        *,
+        send_options: dict[str, Any],
+    ) -> AsyncResult:
+        spec = judgment_spec(user, prompt, image_a, image_b, options, tenant, batch_id)
+        return submit_judgment(spec, **send_options)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Retries exhausted (or an unexpected error): the reason goes on the ledger row."""
+        judgment_id = (kwargs or {}).get("judgment_id")
+        if judgment_id is not None:
+            record_failure(
+                db=get_resources().db,
+                judgment_id=judgment_id,
+                code=exc.code if isinstance(exc, PigrewardError) else "internal_error",
+                message=f"{type(exc).__name__}: {exc}",
+                token=task_id,
+            )
+
+
+@app.task(bind=True, base=JudgeTask, name="pigreward.judge")
+def judge(self: JudgeTask, judgment_id: int) -> dict[str, Any]:
+    """Judge which of two images the user prefers; returns the ledger summary."""
+    return run_judgment(res=get_resources(), judgment_id=judgment_id, token=self.request.id).model_dump()
+
+
+@app.task(bind=True, name="pigreward.judge_chunk", max_retries=0)
+def judge_chunk(self: Task, judgment_ids: list[int]) -> dict[str, int]:  # type: ignore[misc]
+    """The bulk form: many ledger rows in one message, run `chunk_concurrency` at a time.
+
+    The fan-out keeps an LVLM server busy (SGLang batches whatever is in flight). One bad row never
+    stops the chunk: permanent errors are recorded by the pipeline; a row that hits a transient error
+    is released and re-sent as its own `judge` message, and so are rows not started when the soft time
+    limit strikes. Returns counts by the status each row was left in (re-sent rows are `queued`).
+    """
+    res = get_resources()
+
+    def one(judgment_id: int) -> JudgmentStatus:
+        token = f"{self.request.id}:{judgment_id}"
+        try:
+            return run_judgment(res=res, judgment_id=judgment_id, token=token).status
+        except TransientError as exc:
+            log.warning("judgment %s: %s; re-sent on its own", judgment_id, exc)
+            _resend(res, [judgment_id], token)
+            return JudgmentStatus.queued
+        except Exception:  # recorded as failed by the pipeline; the rest of the chunk goes on
+            return JudgmentStatus.failed
+
+    counts: dict[str, int] = {}
+    workers = max(1, min(get_settings().chunk_concurrency, len(judgment_ids)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
+    futures = {pool.submit(one, jid): jid for jid in judgment_ids}
+    try:
+        for future in as_completed(futures):
+            status = future.result()
+            counts[status] = counts.get(status, 0) + 1
+    except SoftTimeLimitExceeded:
+        not_started = [jid for f, jid in futures.items() if f.cancel()]
+        _resend(res, not_started, None)
+        counts[JudgmentStatus.queued] = counts.get(JudgmentStatus.queued, 0) + len(not_started)
+        log.warning("chunk %s: soft time limit, %d judgments re-sent", self.request.id, len(not_started))
+    finally:
+        pool.shutdown(wait=True)
+    return counts
+
+
+def _resend(res: Resources, judgment_ids: Sequence[int], token: str | None) -> None:
+    """Give claimed rows back to the queue, then send each its own message (after a short pause)."""
+    if token is not None:
+        for judgment_id in judgment_ids:
+            with session_scope(res.db) as session:
+                release_judgment(session=session, judgment_id=judgment_id, token=token)
+    send_judgments(judgment_ids, countdown=2)
+
+
+@app.task(bind=True, name="pigreward.reconcile", max_retries=0)
+def reconcile(self: Task, queued_for_s: float | None = None) -> dict[str, int]:  # type: ignore[misc]
+    """Re-send judgments whose message may be lost (queued too long, or running past the lease).
+
+    Duplicates are harmless: a claim lets only one message run a row. Scheduled by beat.
+    """
+    settings = get_settings()
+    res = get_resources()
+    with session_scope(res.db) as session:
+        ids = stale_judgments(
+            session=session,
+            queued_for_s=settings.visibility_timeout_s if queued_for_s is None else queued_for_s,
+            lease_s=res.lease_s,
+        )
+    send_judgments(ids)
+    if ids:
+        log.warning("reconcile: re-sent %d stale judgments", len(ids))
+    return {"resent": len(ids)}

@@ -1,0 +1,82 @@
+"""What every judging protocol does: build requests from its templates, turn answers into results.
+
+A protocol is a pair of editable templates (judge, reasoner) plus a reader of the judge's answers;
+`pigreward_v1` and `json_v1` are the two we ship."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.enums import Outcome
+from workers.generation import Generation, GenerationRequest, Sampling
+from workers.imaging import NormalizedImage
+from workers.protocols.templates import load_template
+from workers.schemas import JudgeResult
+
+
+def format_rationales(rationales: Sequence[str]) -> str:
+    return "\n".join(f"{i}. {r.strip()}" for i, r in enumerate(rationales, 1))
+
+
+class JudgeProtocol:
+    """Builds requests from the protocol's templates and turns generations into typed results."""
+
+    name = ""
+
+    def __init__(self, template_dir: Path | None = None) -> None:
+        self.judge_template = load_template(self.name, "judge", template_dir)
+        self.reasoner_template = load_template(self.name, "reasoner", template_dir)
+
+    @property
+    def version(self) -> str:
+        """Protocol name + hash of both template files: any edit makes a new version."""
+        return f"{self.name}@{self.judge_template.digest}{self.reasoner_template.digest}"
+
+    def reasoner_request(
+        self, prompt: str, chosen: NormalizedImage, rejected: NormalizedImage, sampling: Sampling
+    ) -> GenerationRequest:
+        messages = self.reasoner_template.render({"prompt": prompt}, {"chosen": chosen, "rejected": rejected})
+        return GenerationRequest(messages=messages, sampling=sampling, role="reasoner")
+
+    def rationale(self, gen: Generation) -> tuple[str, str | None]:
+        """The rationale text and, if it is suspect (empty, cut off), why."""
+        text = gen.text.strip()
+        if gen.finish_reason == "malformed":
+            return "", "malformed_response"
+        if not text:
+            return "", "empty"
+        return text, ("truncated" if gen.finish_reason == "length" else None)
+
+    def judge_request(
+        self,
+        rationales: Sequence[str],
+        prompt: str,
+        image_1: NormalizedImage,
+        image_2: NormalizedImage,
+        sampling: Sampling,
+    ) -> GenerationRequest:
+        messages = self.judge_template.render(
+            {"rationales": format_rationales(rationales), "prompt": prompt},
+            {"image_1": image_1, "image_2": image_2},
+        )
+        return GenerationRequest(messages=messages, sampling=sampling, role="judge")
+
+    def parse(self, gen: Generation) -> JudgeResult:
+        raise NotImplementedError
+
+    def repair(
+        self, request: GenerationRequest, gen: Generation, result: JudgeResult
+    ) -> GenerationRequest | None:
+        """A follow-up request asking the model to fix an invalid answer, or None (no repair)."""
+        return None
+
+    @staticmethod
+    def _invalid(gen: Generation, reason: str, detail: str | None) -> JudgeResult:
+        return JudgeResult(
+            outcome=Outcome.invalid,
+            raw_text=gen.text,
+            invalid_reason=reason,
+            invalid_detail=detail,
+            usage=gen.usage,
+        )
