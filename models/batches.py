@@ -8,14 +8,15 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from core.enums import TERMINAL_STATUSES, JudgmentStatus
+from models.db import affected
 from models.judgments import JudgmentSpec, record_judgments
-from models.tables import Batch, BatchItem, Judgment, utcnow
+from models.tables import Batch, BatchItem, Judgment, id_of, utcnow
 from models.tenants import ensure_tenant
 
 
 def create_batch(*, session: Session, tenant: str, name: str, kind: str = "judge", total: int = 0) -> Batch:
     tenant_row = ensure_tenant(session=session, name=tenant)
-    batch = Batch(tenant_id=tenant_row.id, name=name, kind=kind, total=total)  # type: ignore[arg-type]
+    batch = Batch(tenant_id=id_of(tenant_row), name=name, kind=kind, total=total)
     session.add(batch)
     session.flush()
     return batch
@@ -66,7 +67,7 @@ def cancel_batch(*, session: Session, batch_id: int) -> int:
             error="batch cancelled",
         )
     )
-    return result.rowcount  # type: ignore[attr-defined]
+    return affected(result)
 
 
 def get_batch(*, session: Session, tenant_id: int, batch_id: int) -> Batch | None:

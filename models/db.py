@@ -10,11 +10,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlmodel import Session
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -41,7 +42,7 @@ def make_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -52,11 +53,11 @@ def make_engine(url: str) -> Engine:
     engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
     @sa.event.listens_for(engine, "checkin")
-    def _idle_from(_dbapi_conn, record):  # type: ignore[no-untyped-def]
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
 
     @sa.event.listens_for(engine, "checkout")
-    def _ping_if_idle(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         since = record.info.pop("idle_since", None)
         if since is None or time.monotonic() - since <= PING_AFTER_IDLE_S:
             return
@@ -66,6 +67,11 @@ def make_engine(url: str) -> Engine:
             raise sa.exc.DisconnectionError(f"idle connection failed its ping: {exc}") from exc
 
     return engine
+
+
+def affected(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (`Session.execute` types its result without `rowcount`)."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 @contextmanager

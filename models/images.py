@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from models.tables import ImageRecord
+from models.tables import ImageRecord, id_of
 from models.upsert import insert_ignore
 
 
@@ -21,4 +21,4 @@ def upsert_image(
         "size_bytes": size_bytes,
     }
     insert_ignore(session, ImageRecord, [row], ["sha256"])
-    return session.exec(select(ImageRecord.id).where(ImageRecord.sha256 == sha256)).one()  # type: ignore[return-value]
+    return id_of(session.exec(select(ImageRecord).where(ImageRecord.sha256 == sha256)).one())

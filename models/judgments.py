@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, func, select
 
 from core.enums import RETRYABLE_ON_RESEND, JudgmentStatus, Winner
-from models.tables import DimensionScore, Judgment, utcnow
+from models.db import affected
+from models.tables import DimensionScore, Judgment, id_of, utcnow
 from models.tenants import ensure_tenant
 from models.upsert import insert_ignore, natural_key
 from models.users import find_user
@@ -111,7 +112,7 @@ def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list
     keys: list[str] = []
     for spec in specs:
         if spec.tenant not in tenant_ids:
-            tenant_ids[spec.tenant] = ensure_tenant(session=session, name=spec.tenant).id  # type: ignore[assignment]
+            tenant_ids[spec.tenant] = id_of(ensure_tenant(session=session, name=spec.tenant))
         tenant_id = tenant_ids[spec.tenant]
         if (tenant_id, spec.user) not in users:
             user = find_user(session=session, tenant_id=tenant_id, external_id=spec.user)
@@ -148,7 +149,8 @@ def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list
     for start in range(0, len(distinct), 500):
         chunk = distinct[start : start + 500]
         for jid, key in session.exec(select(Judgment.id, Judgment.key).where(col(Judgment.key).in_(chunk))):
-            ids[key] = jid  # type: ignore[assignment]
+            if jid is not None:
+                ids[key] = jid
         session.execute(
             sa.update(Judgment)
             .where(col(Judgment.key).in_(chunk), col(Judgment.status).in_(sorted(RETRYABLE_ON_RESEND)))
@@ -193,7 +195,7 @@ def claim_judgment(
         ).first()
         if taken is not None:
             return taken
-    elif session.execute(claim).rowcount == 1:  # type: ignore[attr-defined]
+    elif affected(session.execute(claim)) == 1:
         return session.get(Judgment, judgment_id, populate_existing=True)
     session.execute(
         base.where(col(Judgment.attempts) >= max_attempts).values(
@@ -226,14 +228,14 @@ def finish_judgment(
     after any concurrent writer), so no separate SELECT ... FOR UPDATE is needed.
     """
     # Core statements on the tables (not the ORM-enabled forms): the same SQL, less Python per call
-    table, dims = Judgment.__table__, DimensionScore.__table__  # type: ignore[attr-defined]
+    table, dims = Judgment.__table__, DimensionScore.__table__  # type: ignore[attr-defined]  # not declared by SQLModel
     stmt = sa.update(table).where(table.c.id == judgment_id)
     if token is not None:
         stmt = stmt.where(table.c.status == JudgmentStatus.running, table.c.claim_token == token)
     values: dict[str, Any] = {name: getattr(verdict, name) for name in VERDICT_COLUMNS}
     values.update(error_code=None, claim_token=None, finished_at=utcnow())
     updated = session.execute(stmt.values(**values))
-    if updated.rowcount != 1:  # type: ignore[attr-defined]
+    if affected(updated) != 1:
         _held(session, judgment_id, token)  # raises LookupError or ClaimLost with the row's state
         raise ClaimLost(f"judgment {judgment_id} changed while its verdict was written")
     session.execute(sa.delete(dims).where(dims.c.judgment_id == judgment_id))
@@ -252,7 +254,7 @@ def finish_judgment(
                 for position, dim in enumerate(verdict.dimensions)
             ],
         )
-    row = session.identity_map.get(session.identity_key(Judgment, judgment_id))  # type: ignore[arg-type]
+    row = session.identity_map.get(session.identity_key(Judgment, judgment_id))
     if row is not None:  # a caller holding the row in this session sees what was written
         session.expire(row)
     session.flush()
@@ -293,7 +295,7 @@ def release_judgment(*, session: Session, judgment_id: int, token: str) -> bool:
         )
         .values(status=JudgmentStatus.queued, claim_token=None)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return affected(result) == 1
 
 
 def stale_judgments(
@@ -322,7 +324,7 @@ def stale_judgments(
         .order_by(col(Judgment.id))
         .limit(limit)
     )
-    return list(session.exec(stmt))  # type: ignore[arg-type]
+    return [jid for jid in session.exec(stmt) if jid is not None]
 
 
 def get_judgment(*, session: Session, judgment_id: int) -> Judgment | None:

@@ -8,7 +8,7 @@ import secrets
 
 from sqlmodel import Session, col, select
 
-from models.tables import ApiKey, Tenant, utcnow
+from models.tables import ApiKey, Tenant, id_of, utcnow
 from models.tenants import ensure_tenant
 
 KEY_PREFIX = "pgr"
@@ -23,7 +23,7 @@ def create_key(*, session: Session, tenant: str, name: str) -> tuple[ApiKey, str
     tenant_row = ensure_tenant(session=session, name=tenant)
     prefix = secrets.token_hex(6)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-    row = ApiKey(tenant_id=tenant_row.id, name=name, prefix=prefix, key_hash=_hash(key))  # type: ignore[arg-type]
+    row = ApiKey(tenant_id=id_of(tenant_row), name=name, prefix=prefix, key_hash=_hash(key))
     session.add(row)
     session.flush()
     return row, key

@@ -13,6 +13,7 @@ from models.tables import (
     OptimizationCandidate,
     OptimizationPair,
     OptimizationRun,
+    id_of,
     utcnow,
 )
 from models.tenants import ensure_tenant, tenant_name
@@ -33,7 +34,7 @@ def create_run(
 ) -> OptimizationRun:
     tenant_row = ensure_tenant(session=session, name=tenant)
     run = OptimizationRun(
-        tenant_id=tenant_row.id,  # type: ignore[arg-type]
+        tenant_id=id_of(tenant_row),
         user_ref=user,
         base_prompt=base_prompt,
         backend=backend,
@@ -68,7 +69,7 @@ def add_candidate(
     row = OptimizationCandidate(run_id=run_id, round=round, prompt=prompt, image_uri=image_uri, seed=seed)
     session.add(row)
     session.flush()
-    return row.id  # type: ignore[return-value]
+    return id_of(row)
 
 
 def record_pair(

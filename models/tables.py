@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import JSON, Column, Field, SQLModel
@@ -32,6 +32,17 @@ class EnumText(sa.types.TypeDecorator[StrEnum]):
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> StrEnum | None:
         return None if value is None else self.enum(value)
+
+
+class _Row(Protocol):
+    id: int | None
+
+
+def id_of(row: _Row) -> int:
+    """The primary key of a row that was inserted (it is None only before the INSERT is flushed)."""
+    if row.id is None:
+        raise ValueError(f"{type(row).__name__} has no id yet: flush the session first")
+    return row.id
 
 
 def utcnow() -> datetime:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
 
@@ -23,11 +24,14 @@ def insert_ignore(
     if not rows:
         return
     dialect = session.get_bind().dialect.name
+    table = model.__table__  # type: ignore[attr-defined]  # set on table=True models, not declared by SQLModel
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        stmt = (
+            postgresql.insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=list(conflict))
+        )
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        stmt = sqlite.insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=list(conflict))
     else:  # pragma: no cover - we support the two databases above
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    table = model.__table__  # type: ignore[attr-defined]
-    session.execute(insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=list(conflict)))
+    session.execute(stmt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from models.db import affected
 from models.tables import (
     BatchItem,
     DimensionScore,
@@ -24,7 +25,9 @@ def ensure_user(*, session: Session, tenant_id: int, external_id: str) -> EndUse
     insert_ignore(
         session, EndUser, [{"tenant_id": tenant_id, "external_id": external_id}], ["tenant_id", "external_id"]
     )
-    return find_user(session=session, tenant_id=tenant_id, external_id=external_id)  # type: ignore[return-value]
+    user = find_user(session=session, tenant_id=tenant_id, external_id=external_id)
+    assert user is not None  # inserted above, or there already
+    return user
 
 
 def find_user(*, session: Session, tenant_id: int, external_id: str) -> EndUser | None:
@@ -71,20 +74,18 @@ def delete_user(*, session: Session, tenant_id: int, external_id: str) -> dict[s
     )
     session.execute(sa.delete(OptimizationPair).where(col(OptimizationPair.run_id).in_(runs)))
     session.execute(sa.delete(OptimizationCandidate).where(col(OptimizationCandidate.run_id).in_(runs)))
-    optimization_runs = session.execute(
-        sa.delete(OptimizationRun).where(col(OptimizationRun.id).in_(runs))
-    ).rowcount  # type: ignore[attr-defined]
+
+    def delete(stmt: sa.Delete) -> int:
+        return affected(session.execute(stmt))
+
+    optimization_runs = delete(sa.delete(OptimizationRun).where(col(OptimizationRun.id).in_(runs)))
     counts = {
-        "dimension_scores": session.execute(
+        "dimension_scores": delete(
             sa.delete(DimensionScore).where(col(DimensionScore.judgment_id).in_(judgment_ids))
-        ).rowcount,  # type: ignore[attr-defined]
-        "judgments": session.execute(sa.delete(Judgment).where(mine)).rowcount,  # type: ignore[attr-defined]
-        "contexts": session.execute(
-            sa.delete(UserContext).where(col(UserContext.user_id) == user.id)
-        ).rowcount,  # type: ignore[attr-defined]
-        "references": session.execute(
-            sa.delete(ReferencePair).where(col(ReferencePair.user_id) == user.id)
-        ).rowcount,  # type: ignore[attr-defined]
+        ),
+        "judgments": delete(sa.delete(Judgment).where(mine)),
+        "contexts": delete(sa.delete(UserContext).where(col(UserContext.user_id) == user.id)),
+        "references": delete(sa.delete(ReferencePair).where(col(ReferencePair.user_id) == user.id)),
     }
     counts["optimization_runs"] = optimization_runs
     session.delete(user)
