@@ -147,14 +147,14 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(4, description="Threads per worker process (pigreward worker).")
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic documents this mypy limitation
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'pigreward.db').resolve()}"
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic documents this mypy limitation
     @property
     def resolved_image_root(self) -> Path:
         return (self.image_root or self.data_dir / "images").resolve()

@@ -27,6 +27,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 USER_ENV = "PIGREWARD_FLOWER_USER"
@@ -117,13 +118,13 @@ def run_flower(
     *,
     no_auth: bool = False,
     exec_: bool = False,
-    **popen: object,
-) -> subprocess.Popen:
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
     """Start Flower as a child process (returned), or with `exec_=True` replace this process by it."""
     argv, env = flower_command(broker_url, port, address, basic_auth, extra, no_auth=no_auth)
     if exec_:
         os.execve(argv[0], argv, env)  # does not return
-    return subprocess.Popen(argv, env=env, **popen)  # type: ignore[call-overload]
+    return subprocess.Popen(argv, env=env, **popen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

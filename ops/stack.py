@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -28,10 +29,11 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) ho
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -124,7 +126,7 @@ def moto_s3() -> Iterator[str]:
         server.stop()
 
 
-def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+def s3_client(endpoint: str) -> Any:
     """A boto3 S3 client for a moto endpoint (moto accepts any credentials)."""
     import boto3
 
@@ -183,7 +185,7 @@ def configured(env: dict[str, str]) -> Iterator[None]:
 @contextmanager
 def celery_worker(
     env: dict[str, str], queues: str, log: Path, pool: str = "threads", concurrency: int = 4
-) -> Iterator[subprocess.Popen]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real worker process (`pigreward worker`), ready once Celery logs `ready.`."""
     cmd = [
         sys.executable,

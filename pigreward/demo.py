@@ -18,6 +18,7 @@ from models.batches import create_batch
 from models.db import session_scope, upgrade
 from models.judgments import get_judgment
 from models.references import add_reference
+from models.tables import id_of
 from models.tenants import ensure_tenant
 from models.users import ensure_user
 from pigreward import synthetic
@@ -28,7 +29,7 @@ from tasks.embedded import worker_if_embedded
 from tasks.runtime import get_db
 from tasks.submit import judgment_spec, submit_judgments
 from workers.backends.lite import LiteBackend
-from workers.imaging import ImageLoader
+from workers.imaging import ImageLoader, NormalizedImage
 from workers.schemas import ReferenceExample
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,13 @@ class DemoReport:
 def register_synthetic_users(data: synthetic.SyntheticSet, *, tenant: str, uri_prefix: str) -> None:
     """Create the simulated users and their reference pairs (images at `uri_prefix` + relative path)."""
     with session_scope(get_db()) as session:
-        tenant_id: int = ensure_tenant(session=session, name=tenant).id  # type: ignore[assignment]
+        tenant_id = id_of(ensure_tenant(session=session, name=tenant))
         for u in data.users:
             row = ensure_user(session=session, tenant_id=tenant_id, external_id=u.user_id)
             for ref in u.references:
                 add_reference(
                     session=session,
-                    user_id=row.id,  # type: ignore[arg-type]
+                    user_id=id_of(row),
                     prompt=ref.prompt,
                     chosen_uri=f"{uri_prefix}{ref.chosen}",
                     rejected_uri=f"{uri_prefix}{ref.rejected}",
@@ -129,7 +130,7 @@ def run_demo(
     register_synthetic_users(data, tenant=tenant, uri_prefix="file://demo/")
     with session_scope(db) as session:
         batch = create_batch(session=session, tenant=tenant, name=f"demo seed={seed}", kind="demo")
-        batch_id = batch.id
+        batch_id = id_of(batch)
     options = {"backend": backend, **({"protocol": protocol} if protocol else {})}
     specs = [
         judgment_spec(u.user_id, t.prompt, uri(t.image_a), uri(t.image_b), options, tenant, batch_id)
@@ -161,7 +162,7 @@ def run_demo(
                 score.correct[backend] = score.correct.get(backend, 0) + 1
     _baselines(data, image_loader(settings), scores, seed)
     methods = [backend, "random", "non-personalized"]
-    return DemoReport(methods, list(scores.values()), statuses, time.perf_counter() - started, batch_id)  # type: ignore[arg-type]
+    return DemoReport(methods, list(scores.values()), statuses, time.perf_counter() - started, batch_id)
 
 
 def _baselines(
@@ -171,7 +172,7 @@ def _baselines(
     rng = np.random.default_rng(seed)
     lite = LiteBackend()
 
-    def load(name: str):  # type: ignore[no-untyped-def]
+    def load(name: str) -> NormalizedImage:
         return loader.load(f"file://demo/{name}")
 
     pooled = [

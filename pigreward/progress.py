@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
@@ -16,7 +17,7 @@ from models.optimization import get_run
 from models.tables import OptimizationRun
 
 
-def bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
+def bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm[Any]:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
 
@@ -54,7 +55,7 @@ def wait_for_run(
     db: Engine,
     run_id: int,
     *,
-    on_round: Callable[[int], None] | None = None,
+    on_round: Callable[[int], object] | None = None,
     poll_s: float = 0.25,
     timeout_s: float = 24 * 3600.0,
 ) -> OptimizationRun:

@@ -264,7 +264,7 @@ def generate(
     tests_per_user: int = 10,
     seed: int = 0,
     image_size: int = 256,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> SyntheticSet:
     """Draw an image pool and simulate users; write images/ and manifest.json under `out_dir`.
 

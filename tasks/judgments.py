@@ -9,6 +9,7 @@ so the database always knows what was asked for; the same arguments again find t
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, ClassVar
@@ -30,17 +31,29 @@ from workers.pipeline import Resources, record_failure, run_judgment
 log = logging.getLogger(__name__)
 
 
-class PigrewardTask(Task):  # type: ignore[misc]  # celery ships no type hints
+class PigrewardTask(Task[Any, Any]):
     """Transient errors retried with exponential backoff and jitter, as many times as settings say."""
 
-    autoretry_for = (TransientError,)
+    autoretry_for: tuple[type[BaseException], ...] = (TransientError,)
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
+    _max_retries: int | None = None
 
     @property
-    def max_retries(self) -> int:  # read when a retry happens, not when the module is imported
+    def max_retries(self) -> int | None:
+        """Read from the app's configuration when a retry happens (not fixed when the module is imported)."""
+        if self._max_retries is not None:
+            return self._max_retries
         return int(self.app.conf.get("pigreward_max_retries", 5))
+
+    @max_retries.setter
+    def max_retries(self, value: int | None) -> None:
+        self._max_retries = value
+
+    def claim_token(self) -> str:
+        """This run's claim on its ledger row: the Celery task id (kept by retries and redeliveries)."""
+        return self.request.id or f"direct-{uuid.uuid4()}"
 
 
 class LedgerTask(PigrewardTask):
@@ -55,20 +68,30 @@ class LedgerTask(PigrewardTask):
 
     def apply_async(
         self,
-        args: Sequence[Any] | None = None,
+        args: tuple[Any, ...] | None = None,
         kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
+        passthrough = {"task_id": task_id, "producer": producer, "link": link, "link_error": link_error}
+        options.update({k: v for k, v in passthrough.items() if v is not None})
+        if shadow is not None:
+            options["shadow"] = shadow
         if not args and kwargs is not None and set(kwargs) == {self.row_arg}:
             return super().apply_async(args, kwargs, **options)
         return self.submit(*(args or ()), **(kwargs or {}), send_options=options)
 
-    def submit(self, *args: Any, send_options: dict[str, Any], **kwargs: Any) -> AsyncResult:
+    def submit(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        """Record the row for the documented call, then send its message (`send_options=` for Celery)."""
         raise NotImplementedError
 
 
 class JudgeTask(LedgerTask):
-    def submit(  # type: ignore[override]  # the documented call, narrower than *args
+    def submit(
         self,
         user: str,
         prompt: str,
@@ -79,7 +102,7 @@ class JudgeTask(LedgerTask):
         batch_id: int | None = None,
         *,
         send_options: dict[str, Any],
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         spec = judgment_spec(user, prompt, image_a, image_b, options, tenant, batch_id)
         return submit_judgment(spec, **send_options)
 
@@ -99,11 +122,11 @@ class JudgeTask(LedgerTask):
 @app.task(bind=True, base=JudgeTask, name="pigreward.judge")
 def judge(self: JudgeTask, judgment_id: int) -> dict[str, Any]:
     """Judge which of two images the user prefers; returns the ledger summary."""
-    return run_judgment(res=get_resources(), judgment_id=judgment_id, token=self.request.id).model_dump()
+    return run_judgment(res=get_resources(), judgment_id=judgment_id, token=self.claim_token()).model_dump()
 
 
 @app.task(bind=True, name="pigreward.judge_chunk", max_retries=0)
-def judge_chunk(self: Task, judgment_ids: list[int]) -> dict[str, int]:  # type: ignore[misc]
+def judge_chunk(self: Task[Any, Any], judgment_ids: list[int]) -> dict[str, int]:
     """The bulk form: many ledger rows in one message, run `chunk_concurrency` at a time.
 
     The fan-out keeps an LVLM server busy (SGLang batches whatever is in flight). One bad row never
@@ -152,7 +175,7 @@ def _resend(res: Resources, judgment_ids: Sequence[int], token: str | None) -> N
 
 
 @app.task(bind=True, name="pigreward.reconcile", max_retries=0)
-def reconcile(self: Task, queued_for_s: float | None = None) -> dict[str, int]:  # type: ignore[misc]
+def reconcile(self: Task[Any, Any], queued_for_s: float | None = None) -> dict[str, int]:
     """Re-send judgments whose message may be lost (queued too long, or running past the lease).
 
     Duplicates are harmless: a claim lets only one message run a row. Scheduled by beat.

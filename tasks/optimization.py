@@ -31,7 +31,7 @@ class OptimizeTask(LedgerTask):
     row_arg = "run_id"
     autoretry_for = ()
 
-    def submit(  # type: ignore[override]  # the documented call, narrower than *args
+    def submit(
         self,
         user: str,
         prompt: str,
@@ -44,7 +44,7 @@ class OptimizeTask(LedgerTask):
         seed: int = 0,
         *,
         send_options: dict[str, Any],
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         _, message = submit_optimization(
             user=user,
             prompt=prompt,

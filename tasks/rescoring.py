@@ -27,8 +27,8 @@ def send_to_bulk(judgment_ids: Sequence[int]) -> None:
 
 
 @app.task(bind=True, name="pigreward.rescore_stale", max_retries=0)
-def rescore_stale(  # type: ignore[misc]
-    self: Task, run_key: str | None = None, since: str | None = None, dry_run: bool = False
+def rescore_stale(
+    self: Task[Any, Any], run_key: str | None = None, since: str | None = None, dry_run: bool = False
 ) -> dict[str, Any]:
     """Re-queue stale judgments (new model, template or context; flagged) in chunks on `bulk`."""
     report = run_rescore(

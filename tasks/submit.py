@@ -60,7 +60,7 @@ def judgment_spec(
 
 def send_judgments(
     judgment_ids: Sequence[int], *, chunk_size: int = 1, **send_options: Any
-) -> list[AsyncResult]:
+) -> list[AsyncResult[Any]]:
     """Messages for ledger rows that are already committed (a row asked for twice gets one message).
 
     `chunk_size` 1 sends one `judge` message per row (queue `judge`); larger sends `judge_chunk`
@@ -107,7 +107,7 @@ def submit_judgments(
 
 def submit_judgment(
     spec: JudgmentSpec, *, session: Session | None = None, **send_options: Any
-) -> AsyncResult:
+) -> AsyncResult[Any]:
     """One judgment: its row, then its message; the message's result (`.get()` gives the summary)."""
     [judgment_id] = commit_judgments([spec], session=session)
     [message] = send_judgments([judgment_id], **send_options)
@@ -152,7 +152,7 @@ def submit_optimization(
     eval_seeds: int = 8,
     seed: int = 0,
     **send_options: Any,
-) -> tuple[int, AsyncResult]:
+) -> tuple[int, AsyncResult[Any]]:
     """An optimization run's row (everything needed to run it), then its message: (run id, result)."""
     settings = get_settings()
     with session_scope(get_db()) as session:

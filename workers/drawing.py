@@ -50,7 +50,8 @@ def _ycc_to_rgb(lum: np.ndarray | float, chroma: float, theta: float) -> np.ndar
     cr = chroma * math.sin(theta)
     lum = np.asarray(lum, dtype=np.float64)[..., None]
     rgb = lum + np.array([1.402 * cr, -0.344136 * cb - 0.714136 * cr, 1.772 * cb])
-    return np.clip(rgb, 0.0, 1.0)
+    clipped: np.ndarray = np.clip(rgb, 0.0, 1.0)
+    return clipped
 
 
 def _color(lum: float, chroma: float, theta: float) -> tuple[int, int, int]:

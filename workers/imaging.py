@@ -49,7 +49,7 @@ def normalize(data: bytes, uri: str, limits: ImageLimits) -> NormalizedImage:
     if not data:
         raise ImageUnreadable(f"{uri!r} is empty (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        img: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as exc:
         raise ImageUnreadable(
             f"{uri!r} is not an image in a known format (accepted: {', '.join(FORMATS)})"

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from core.enums import JudgmentStatus, Outcome
+from core.enums import JudgmentStatus, Outcome, Winner
 from core.errors import (
     DatabaseUnavailable,
     InvalidRequest,
@@ -43,7 +43,7 @@ from models.judgments import (
     get_judgment,
 )
 from models.references import list_references
-from models.tables import EndUser, Judgment, UserContext
+from models.tables import EndUser, Judgment, UserContext, id_of
 from models.tenants import find_tenant, tenant_name
 from models.upsert import natural_key
 from models.users import find_user
@@ -61,10 +61,10 @@ class JudgmentEvent:
 
     judgment_id: int
     backend: str
-    status: str
+    status: JudgmentStatus
     attempt: int  # 1 on the first run of the row (retries and takeovers count up)
     queue_wait_s: float | None  # ledger row created -> this run started
-    winner: str | None = None
+    winner: Winner | None = None
     invalid_reason: str | None = None
     error_code: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -100,8 +100,8 @@ class JudgmentSummary(BaseModel):
     """What a judge task returns (the full result lives in the ledger)."""
 
     judgment_id: int
-    status: str
-    winner: str | None = None
+    status: JudgmentStatus
+    winner: Winner | None = None
     error_code: str | None = None
     error: str | None = None
     skipped: bool = False
@@ -123,7 +123,9 @@ def references_hash(refs: list[tuple[str, str, str]]) -> str:
 def resolve_user(*, db: Engine, tenant: str, user: str) -> EndUser:
     with database_errors(), session_scope(db) as session:
         tenant_row = find_tenant(session=session, name=tenant)
-        row = find_user(session=session, tenant_id=tenant_row.id, external_id=user) if tenant_row else None  # type: ignore[arg-type]
+        row = (
+            find_user(session=session, tenant_id=id_of(tenant_row), external_id=user) if tenant_row else None
+        )
     if row is None:
         raise UnknownUser(
             f"unknown user {user!r} in tenant {tenant!r}: add the user and reference pairs first"
@@ -228,7 +230,7 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
 def _report(
     res: Resources,
     job: Judgment,
-    status: str,
+    status: JudgmentStatus,
     record: VerdictRecord | None = None,
     error_code: str | None = None,
 ) -> None:
@@ -242,9 +244,9 @@ def _report(
             wait = max(0.0, (start - created).total_seconds())
         res.events.judgment_finished(
             JudgmentEvent(
-                judgment_id=job.id,  # type: ignore[arg-type]
+                judgment_id=id_of(job),
                 backend=job.backend,
-                status=str(status),
+                status=status,
                 attempt=job.attempts,
                 queue_wait_s=wait,
                 winner=record.winner if record else None,
@@ -267,10 +269,10 @@ def _judge(res: Resources, job: Judgment) -> VerdictRecord:
     if user_id is None:  # the user may have been created after the judgment was submitted
         with database_errors(), session_scope(res.db) as session:
             tenant = tenant_name(session=session, tenant_id=job.tenant_id)
-        user_id = resolve_user(db=res.db, tenant=tenant, user=job.user_ref).id
+        user_id = id_of(resolve_user(db=res.db, tenant=tenant, user=job.user_ref))
     backend = res.backend_for(job.backend, job.options.get("protocol"))
     t = time.perf_counter()
-    context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)  # type: ignore[arg-type]
+    context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)
     timings["context_s"] = time.perf_counter() - t
     t = time.perf_counter()
     image_a, image_b = res.loader.load(job.image_a_uri), res.loader.load(job.image_b_uri)
@@ -286,7 +288,7 @@ def _judge(res: Resources, job: Judgment) -> VerdictRecord:
     return _verdict_record(
         verdict,
         backend,
-        context_id=context_row.id,  # type: ignore[arg-type]
+        context_id=id_of(context_row),
         image_ids=(ids[image_a.sha256], ids[image_b.sha256]),
         swap=job.swap,
         timings=timings,
@@ -357,8 +359,8 @@ IMAGE_ID_CACHE = 100_000  # entries (~20 MB); the cache starts over when full
 def _image_ids(res: Resources, *images: NormalizedImage) -> dict[str, int]:
     """Image row ids by sha256, written on first sight; known ones come from `res.image_ids`."""
     known = res.image_ids
-    ids = {img.sha256: known.get(img.sha256) for img in images}
-    missing = [img for img in images if ids[img.sha256] is None]
+    ids = {img.sha256: known[img.sha256] for img in images if img.sha256 in known}
+    missing = [img for img in images if img.sha256 not in ids]
     if missing:
         with database_errors(), session_scope(res.db) as session:
             # rows locked in content order, so judgments of (A, B) and (B, A) cannot deadlock
@@ -367,7 +369,7 @@ def _image_ids(res: Resources, *images: NormalizedImage) -> dict[str, int]:
             known.clear()
         known.update(found)  # only after the commit: a cached id always names a stored row
         ids.update(found)
-    return ids  # type: ignore[return-value]
+    return ids
 
 
 def _image_id(session: Session, img: NormalizedImage) -> int:
@@ -386,7 +388,7 @@ def _summary(row: Judgment | None, skipped: bool = False) -> JudgmentSummary:
     if row is None:
         raise LookupError("judgment vanished from the ledger")
     return JudgmentSummary(
-        judgment_id=row.id,  # type: ignore[arg-type]
+        judgment_id=id_of(row),
         status=row.status,
         winner=row.winner,
         error_code=row.error_code,

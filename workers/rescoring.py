@@ -25,7 +25,7 @@ from models.rescoring import (
     ensure_run,
     finish_rescore_run,
 )
-from models.tables import Judgment, UserContext
+from models.tables import Judgment, UserContext, id_of
 from workers.backends.base import Backend
 from workers.pipeline import Resources, references_hash
 
@@ -110,9 +110,9 @@ def find_stale(
             if backend is not None:
                 reason = why_stale(judgment, context, backend, refs.get(judgment.user_id or -1))
                 if reason:
-                    stale.append((judgment.id, reason))  # type: ignore[arg-type]
+                    stale.append((id_of(judgment), reason))
         scanned += len(page)
-        after = page[-1][0].id  # type: ignore[assignment]
+        after = id_of(page[-1][0])
         if progress:
             progress(len(page))
 
@@ -138,7 +138,7 @@ def run_rescore(
                 report.already_done = True
                 report.requeued, report.by_reason = run.requeued, dict(run.by_reason)
                 return report
-            run_id: int = run.id  # type: ignore[assignment]
+            run_id = id_of(run)
     stale, report.skipped_backends, report.scanned = find_stale(res, since=since)
     reasons = Counter(reason for _, reason in stale)
     if dry_run:

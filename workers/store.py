@@ -202,7 +202,7 @@ class ImageStore:
                 raise ImageTooLarge(
                     f"s3://{bucket}/{key} is {size} bytes, over the limit of {self.config.max_bytes}"
                 )
-            data = body.read(self.config.max_bytes + 1)
+            data: bytes = body.read(self.config.max_bytes + 1)
             body.close()
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))

@@ -17,7 +17,7 @@ from core.settings import get_settings
 from models.batches import batch_counts, cancel_batch, get_batch, is_finished
 from models.judgments import dimensions_of, get_judgment, list_judgments
 from models.rescoring import flag_judgment, history_of
-from models.tables import Batch, Judgment, Tenant
+from models.tables import Batch, Judgment, Tenant, id_of
 from tasks.submit import judgment_spec, submit_batch, submit_judgments
 
 router = APIRouter(tags=["judgments"])
@@ -83,7 +83,7 @@ def history(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> list[d
     row = owned_judgment(session, tenant, judgment_id)
     return [
         {"archived_at": h.archived_at, "reason": h.reason, "run_id": h.run_id, "verdict": h.snapshot}
-        for h in history_of(session=session, judgment_id=row.id)  # type: ignore[arg-type]
+        for h in history_of(session=session, judgment_id=id_of(row))
     ]
 
 
@@ -100,7 +100,7 @@ def read_judgments(
     """List judgments by user, batch and status."""
     rows = list_judgments(
         session=session,
-        tenant_id=tenant.id,  # type: ignore[arg-type]
+        tenant_id=id_of(tenant),
         user=user,
         batch_id=batch_id,
         status=status_.value if status_ else None,
@@ -139,7 +139,8 @@ async def create_batch_jsonl(
 ) -> dict[str, int]:
     """Submit a batch as JSON Lines, one judgment object per line (blank lines ignored)."""
     raw = (await request.body()).decode("utf-8", errors="replace")
-    items, errors = [], []
+    items: list[JudgmentCreate] = []
+    errors: list[dict[str, Any]] = []
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
@@ -180,6 +181,6 @@ def cancel(
 ) -> BatchPublic:
     """Cancel the batch's judgments that no worker has started; the rest finish normally."""
     batch = owned_batch(session, tenant, batch_id)
-    cancel_batch(session=session, batch_id=batch.id)  # type: ignore[arg-type]
+    cancel_batch(session=session, batch_id=id_of(batch))
     session.flush()
     return batch_public(session, batch)

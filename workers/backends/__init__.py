@@ -17,7 +17,7 @@ from workers.backends.base import Backend
 from workers.backends.hf_config import HFEngineConfig
 from workers.backends.lite import LiteBackend
 from workers.backends.openai_http import HTTPEngineConfig
-from workers.generation import Sampling
+from workers.generation import Engine, Sampling
 
 BACKENDS = ("lite", "sglang", "hf")
 LVLM_BACKENDS = ("sglang", "hf")
@@ -55,6 +55,7 @@ def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
     from workers.backends.lvlm import LVLMBackend
     from workers.protocols import get_protocol
 
+    engine: Engine
     if name == "sglang":
         from workers.backends.openai_http import OpenAIHTTPEngine
 

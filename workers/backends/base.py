@@ -18,10 +18,23 @@ class Backend(Protocol):
     or prompt template is visible in the ledger and makes old results detectably stale.
     """
 
-    name: str
-    model_id: str  # the judge model
-    model_revision: str
-    template_version: str
+    @property
+    def name(self) -> str:
+        """The backend's name as settings and options spell it (lite, sglang, hf)."""
+        ...
+
+    @property
+    def model_id(self) -> str:
+        """The judge model."""
+        ...
+
+    @property
+    def model_revision(self) -> str: ...
+
+    @property
+    def template_version(self) -> str:
+        """The prompt templates' version (their protocol and content hash)."""
+        ...
 
     @property
     def context_identity(self) -> ModelIdentity:

@@ -23,25 +23,23 @@ class JsonSchemaLogits:
 
         compiler, vocab_size = compiler_and_vocab
         self._xgr = xgr
-        self.matchers = [
-            xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(s), any_whitespace=False))
-            if s is not None
-            else None
-            for s in schemas
-        ]
-        self.rows = [i for i, m in enumerate(self.matchers) if m is not None]
+        # one matcher per row that has a schema; rows without one decode freely
+        self.matchers = {
+            i: xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(schema), any_whitespace=False))
+            for i, schema in enumerate(schemas)
+            if schema is not None
+        }
         self.bitmask = xgr.allocate_token_bitmask(len(schemas), vocab_size)
         self.started = False
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if self.started:
-            for i in self.rows:
-                m = self.matchers[i]
-                if not m.is_terminated():
-                    m.accept_token(int(input_ids[i, -1]))
+            for i, matcher in self.matchers.items():
+                if not matcher.is_terminated():
+                    matcher.accept_token(int(input_ids[i, -1]))
         self.started = True
         # a terminated row has emitted its stop token; generate pads it from now on
-        active = [i for i in self.rows if not self.matchers[i].is_terminated()]
+        active = [i for i, matcher in self.matchers.items() if not matcher.is_terminated()]
         if not active:
             return scores
         for i in active:

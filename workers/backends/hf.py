@@ -73,6 +73,9 @@ class _Model:
         import torch
 
         self.config = config
+        # transformers' model and tokenizer types are too loose to check calls against: held as Any
+        self.model: Any
+        self.tokenizer: Any
         if loaded is None:
             from transformers import AutoModelForImageTextToText, AutoTokenizer
 
@@ -87,9 +90,8 @@ class _Model:
             kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
             if config.attn_implementation:
                 kwargs["attn_implementation"] = config.attn_implementation
-            self.model = (
-                AutoModelForImageTextToText.from_pretrained(self.path, **kwargs).to(self.device).eval()
-            )
+            model: Any = AutoModelForImageTextToText.from_pretrained(self.path, **kwargs)
+            self.model = model.to(self.device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(
                 self.path, local_files_only=True, padding_side="left"
             )

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.enums import Outcome
+from core.enums import Outcome, Winner
 from core.errors import NoReferences
 from workers.features import FEATURE_KEYS, FEATURES, extract
 from workers.generation import ModelIdentity
@@ -156,9 +156,9 @@ class LiteBackend:
         total_1 = round(sum(d.score_a for d in dimensions), 2)
         total_2 = round(sum(d.score_b for d in dimensions), 2)
         if abs(total_1 - total_2) <= TIE_EPS:
-            winner = "tie"
+            winner = Winner.tie
         else:
-            winner = "A" if total_1 > total_2 else "B"
+            winner = Winner.A if total_1 > total_2 else Winner.B
         lines = [f"{d.name}: {d.reason} (Score 1: {d.score_a}, Score 2: {d.score_b})" for d in dimensions]
         verdict = (
             "Both images are equally good"
@@ -173,7 +173,7 @@ class LiteBackend:
         )
         return JudgeResult(
             outcome=Outcome.valid,
-            winner=winner,  # type: ignore[arg-type]
+            winner=winner,
             dimensions=dimensions,
             total_a=total_1,
             total_b=total_2,

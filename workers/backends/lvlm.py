@@ -7,7 +7,7 @@ OpenAI-compatible server) and `hf` (in-process transformers) differ only in the 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 
 from core.enums import Outcome
@@ -111,7 +111,7 @@ class LVLMBackend:
         self.engine.close()
 
 
-def _sum_usage(usages) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _sum_usage(usages: Iterable[Mapping[str, int]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for usage in usages:
         for k, v in usage.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.enums import Outcome
+from core.enums import Outcome, Winner
 from core.errors import NoReferences
 from workers.generation import ModelIdentity
 from workers.imaging import NormalizedImage
@@ -52,7 +52,7 @@ class NullBackend:
     ) -> JudgeResult:
         return JudgeResult(
             outcome=Outcome.valid,
-            winner="A",
+            winner=Winner.A,
             dimensions=list(_DIMENSIONS),
             total_a=11,
             total_b=8,

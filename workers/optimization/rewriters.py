@@ -229,8 +229,7 @@ class ModifierRewriter:
         for fb in feedback:
             if fb.won:
                 continue
-            for key in {dimension_feature(d) for d in fb.weak_dimensions} - {None}:
-                assert key is not None
+            for key in {f for f in map(dimension_feature, fb.weak_dimensions) if f is not None}:
                 if direction[key] == 0:  # no preference known: learn it from the judged prompts
                     hint = winners[key] or -losers[key]
                     direction[key] = (hint > 0) - (hint < 0)

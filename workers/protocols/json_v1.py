@@ -8,12 +8,14 @@ pydantic. The winner is not asked for: it follows from the totals by the paper's
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.enums import Outcome, Winner
-from workers.generation import ChatMessage, Generation, GenerationRequest, TextPart
+from workers.generation import ChatMessage, Generation, GenerationRequest, Sampling, TextPart
+from workers.imaging import NormalizedImage
 from workers.protocols.protocol import JudgeProtocol
 from workers.schemas import Dimension, JudgeResult
 
@@ -82,8 +84,15 @@ class JsonV1(JudgeProtocol):
     name = "json-v1"
     schema = SCHEMA
 
-    def judge_request(self, *args, **kwargs) -> GenerationRequest:  # type: ignore[no-untyped-def]
-        request = super().judge_request(*args, **kwargs)
+    def judge_request(
+        self,
+        rationales: Sequence[str],
+        prompt: str,
+        image_1: NormalizedImage,
+        image_2: NormalizedImage,
+        sampling: Sampling,
+    ) -> GenerationRequest:
+        request = super().judge_request(rationales, prompt, image_1, image_2, sampling)
         return GenerationRequest(
             messages=request.messages, sampling=request.sampling, role="judge", json_schema=self.schema
         )
@@ -105,7 +114,7 @@ class JsonV1(JudgeProtocol):
         winner = Winner.tie if total_1 == total_2 else (Winner.A if total_1 > total_2 else Winner.B)
         return JudgeResult(
             outcome=Outcome.valid,
-            winner=winner,  # type: ignore[arg-type]
+            winner=winner,
             dimensions=[
                 Dimension(name=d.name, reason=d.reason, score_a=d.score_1, score_b=d.score_2)
                 for d in answer.dimensions

@@ -26,11 +26,11 @@ class PigrewardV1(JudgeProtocol):
                 gen, "malformed_response", "the server's answer was not an OpenAI chat completion"
             )
         parsed = parse_pigreward_v1(gen.text, gen.finish_reason)
-        if parsed.outcome != "valid":
+        if parsed.outcome != "valid" or parsed.winner is None:
             return self._invalid(gen, parsed.reason or "invalid", parsed.detail)
         return JudgeResult(
             outcome=Outcome.valid,
-            winner=_WINNER[parsed.winner],  # type: ignore[index,arg-type]
+            winner=_WINNER[parsed.winner],
             dimensions=[
                 Dimension(name=d.name, reason=d.reason, score_a=d.score_1, score_b=d.score_2)
                 for d in parsed.dimensions

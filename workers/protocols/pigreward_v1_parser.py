@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -221,7 +221,7 @@ def _norm(line: str) -> str:
     return " ".join(line.split()).casefold()
 
 
-def _invalid(reason: ParseReason, detail: str, **partial: object) -> ParsedJudgment:
+def _invalid(reason: ParseReason, detail: str, **partial: Any) -> ParsedJudgment:
     return ParsedJudgment(outcome="invalid", reason=reason, detail=detail, winner=None, **partial)
 
 
@@ -294,9 +294,9 @@ def _find_placeholder(lines: list[str]) -> str | None:
                 term = term[:-1] if term.endswith(".") and len(term) > 1 and term[-2] != "." else term
                 if term and _PLACEHOLDER_TERM.fullmatch(term):
                     return f"line {no} has the placeholder {term!r} where a number belongs: {_snip(line)!r}"
-        match = _BRACKET_PLACEHOLDER.search(line) or _IMAGE_PLACEHOLDER.search(line)
-        if match:
-            return f"line {no} contains the template placeholder {match.group(0)!r}"
+        found = _BRACKET_PLACEHOLDER.search(line) or _IMAGE_PLACEHOLDER.search(line)
+        if found:
+            return f"line {no} contains the template placeholder {found.group(0)!r}"
     return None
 
 
