@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install the project with its test extras, make sure the services the tests need are up, run pytest.
+# Install the project with its test extras, make sure the services the tests need are up, then run, in
+# this order: ruff (lint and format check), mypy (strict), pytest. Arguments go to pytest
+# (`bash ops/test.sh -m "not slow"` is the quick subset).
 # The tests start their own private Redis and moto S3 servers; Postgres is the local server (or the
 # admin URL in PIGREWARD_TEST_POSTGRES), on which each run creates and drops its own database.
 set -euo pipefail
@@ -25,4 +27,8 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+echo "ruff check, ruff format --check, mypy" >&2
+python3 -m ruff check .
+python3 -m ruff format --check .
+python3 -m mypy
 exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -798,11 +798,11 @@ def test_single_judgment_end_to_end_and_idempotent_resubmit(stack: Stack, client
     assert done["backend"] == "lite" and done["judge_model"] and done["finished_at"]
 
     # re-submitting a finished judgment returns it as it is: same id, no new row, not re-run
+    wait_judgment(api_, other["id"])  # both finished: their rows are all written before counting
     rows_before = user_rows(api_.tenant, "warm-fan")
     resent = api_.ok("POST", "/v1/judgments", expect=202, json=body)
     assert resent["id"] == first["id"] and resent["status"] == "done"
     assert resent["dimensions"] == done["dimensions"]
-    wait_judgment(api_, other["id"])
     assert user_rows(api_.tenant, "warm-fan") == rows_before
     listed = api_.ok("GET", "/v1/judgments", params={"user": "warm-fan"})
     assert sorted(r["id"] for r in listed) == sorted({first["id"], other["id"]})

@@ -63,6 +63,7 @@ def _rows(bw: BatchWorld, n: int, *, seed: int, prefix: str, min_gap: float = 0.
     return rows
 
 
+@pytest.mark.slow  # 200 judgments through the API and a worker
 def test_jsonl_batch_of_200_rows_end_to_end(bw: BatchWorld) -> None:
     api_ = bw.api
     rows = _rows(bw, 200, seed=7, prefix="nightly", min_gap=0.3)
@@ -154,6 +155,7 @@ def test_json_batch_small(bw: BatchWorld) -> None:
     assert api_.ok("GET", f"/v1/batches/{jsonl['id']}")["name"] == "batch"
 
 
+@pytest.mark.slow  # a big batch submitted and cancelled
 def test_cancel_right_after_submitting_a_big_batch(bw: BatchWorld) -> None:
     api_ = bw.api
     n = 1500

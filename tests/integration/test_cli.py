@@ -204,11 +204,19 @@ def test_parse_command_prints_the_parse_as_json(tmp_path: Path) -> None:
     assert json.loads(as_json.stdout)["winner"] == "2"
 
 
+@pytest.mark.slow  # a demo on a tiny VLM on the CPU
 def test_demo_and_judge_with_the_hf_backend_on_a_tiny_model(tmp_path: Path) -> None:
     from tests.support.tiny_vlm import build_tiny_vlm
 
     model = str(build_tiny_vlm(tmp_path / "tiny", "qwen2_vl"))
-    env = {"PIGREWARD_HF_JUDGE_MODEL": model, "PIGREWARD_HF_REASONER_MODEL": model, "HF_HUB_OFFLINE": "1"}
+    env = {
+        "PIGREWARD_HF_JUDGE_MODEL": model,
+        "PIGREWARD_HF_REASONER_MODEL": model,
+        "HF_HUB_OFFLINE": "1",
+        # random weights write until the token limit: small limits keep this a test of the plumbing
+        "PIGREWARD_REASONER_MAX_TOKENS": "24",
+        "PIGREWARD_JUDGE_MAX_TOKENS": "48",
+    }
     data = tmp_path / "data"
     out = run_cli(
         data,
@@ -287,6 +295,7 @@ def test_check_reports_readiness_and_identity(tmp_path: Path) -> None:
     assert down.returncode == 1 and "NOT READY" in down.stdout and "not usable" in down.stderr
 
 
+@pytest.mark.slow  # optimizes prompts for six users
 def test_bench_optimize_meets_the_70_percent_goal(tmp_path: Path) -> None:
     out = run_cli(tmp_path, "bench", "optimize", "--users", "4", "--held-out", "40", "--no-progress")
     share = float(re.search(r"final prompt preferred: ([\d.]+)%", out.stdout).group(1))  # type: ignore[union-attr]
@@ -301,6 +310,7 @@ def test_bench_optimize_meets_the_70_percent_goal(tmp_path: Path) -> None:
     assert rows and {"prompt", "chosen", "rejected", "user", "evidence"} <= set(rows[0])
 
 
+@pytest.mark.slow  # a full accuracy run
 def test_bench_convert_then_accuracy_on_the_ranked_fixture(tmp_path: Path) -> None:
     import shutil
 

@@ -21,6 +21,8 @@ from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
 from tests.support.tiny_vlm import build_tiny_vlm
 
+pytestmark = pytest.mark.slow  # loads two tiny VLMs behind a real server (~30 s)
+
 QUEUE = "tiny-vlm"
 
 

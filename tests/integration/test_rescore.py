@@ -19,6 +19,8 @@ from tasks.runtime import get_db, get_resources
 from tests.integration.helpers import image, user_who_likes_warm
 from workers.rescoring import run_rescore
 
+pytestmark = pytest.mark.slow  # judges, re-scores and resumes whole runs (~25 s)
+
 USERS = ["rs-a", "rs-b", "rs-c", "rs-d"]
 
 

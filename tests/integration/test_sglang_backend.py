@@ -39,6 +39,7 @@ def _row(judgment_id: int):  # type: ignore[no-untyped-def]
         return get_judgment(session=session, judgment_id=judgment_id)
 
 
+@pytest.mark.slow  # 96 requests at 0.5 s latency
 def test_one_worker_process_keeps_at_least_32_requests_in_flight(stack, fake) -> None:  # type: ignore[no-untyped-def]
     _, state = fake
     uris = [image(stack, f"lvlm/{i}.png", warmth=i / 47, seed=300 + i) for i in range(48)]

@@ -7,11 +7,15 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from models.db import session_scope
 from models.judgments import get_judgment
 from ops.stack import REPO, celery_worker, free_port
 from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
+
+pytestmark = pytest.mark.slow  # waits out real S3 retries with backoff (~15 s)
 
 CALL = """
 import sys, tasks
