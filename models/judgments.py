@@ -17,7 +17,7 @@ from sqlmodel import Session, col, func, select
 
 from core.enums import RETRYABLE_ON_RESEND, JudgmentStatus, Winner
 from models.db import affected
-from models.tables import DimensionScore, Judgment, id_of, utcnow
+from models.tables import DimensionScore, Judgment, UserContext, id_of, utcnow
 from models.tenants import ensure_tenant
 from models.upsert import insert_ignore, natural_key
 from models.users import find_user
@@ -386,3 +386,51 @@ def recent_judgments(*, session: Session, tenant_id: int, user: str, limit: int 
         .limit(limit)
     )
     return list(session.exec(stmt))
+
+
+def judgments_by_keys(
+    *, session: Session, keys: Iterable[str], chunk_size: int = 500
+) -> dict[str, tuple[Judgment, UserContext | None]]:
+    """The rows of these natural keys, each with the context it was judged with (None if it has none).
+
+    A client that re-sends many judgments (the accuracy harness) decides per row whether the stored
+    verdict still holds for the current context; one joined query per chunk saves a lookup per row,
+    and chunks keep the IN list under the database's parameter limit. Keys not stored are absent.
+    """
+    distinct = sorted(set(keys))
+    found: dict[str, tuple[Judgment, UserContext | None]] = {}
+    for start in range(0, len(distinct), chunk_size):
+        stmt = (
+            select(Judgment, UserContext)
+            .join(UserContext, col(UserContext.id) == col(Judgment.context_id), isouter=True)
+            .where(col(Judgment.key).in_(distinct[start : start + chunk_size]))
+        )
+        for judgment, context in session.exec(stmt):
+            found[judgment.key] = (judgment, context)
+    return found
+
+
+def judgments_by_ids(*, session: Session, ids: Iterable[int], chunk_size: int = 500) -> dict[int, Judgment]:
+    """The rows of these ids (missing ids are absent), read in chunks to bound the IN list."""
+    distinct = sorted(set(ids))
+    rows: dict[int, Judgment] = {}
+    for start in range(0, len(distinct), chunk_size):
+        stmt = select(Judgment).where(col(Judgment.id).in_(distinct[start : start + chunk_size]))
+        for row in session.exec(stmt):
+            rows[id_of(row)] = row
+    return rows
+
+
+def release_claim(*, session: Session, judgment_id: int) -> bool:
+    """Give a `running` row back to `queued` whatever its claim token; False if it was not running.
+
+    Only for a caller that knows the claimant is gone and no one else can hold the row: the embedded
+    worker of a killed process (the accuracy harness on the embedded default, before its own worker
+    starts). Workers give back their own claims with `release_judgment`, which checks the token.
+    """
+    result = session.execute(
+        sa.update(Judgment)
+        .where(col(Judgment.id) == judgment_id, col(Judgment.status) == JudgmentStatus.running)
+        .values(status=JudgmentStatus.queued, claim_token=None)
+    )
+    return affected(result) == 1

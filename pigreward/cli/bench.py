@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from bench.accuracy import BenchmarkError, render_summary, run_accuracy, run_synthetic
-from bench.convert import ConversionError, convert_ranked
+from bench.accuracy.convert import ConversionError, convert_ranked
 from bench.optimize import render, run_bench
 from core.settings import get_settings
 

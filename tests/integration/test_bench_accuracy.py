@@ -22,7 +22,8 @@ SCRIPT = """
 import json, sys
 from pathlib import Path
 from sqlalchemy import text
-from bench.accuracy import run_accuracy, synthetic_jsonl
+from bench.accuracy.run import run_accuracy
+from bench.accuracy.synthetic import synthetic_jsonl
 from core.settings import get_settings
 from tasks.runtime import get_db, get_resources
 

@@ -9,31 +9,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.accuracy import (
+from bench.accuracy.baselines import (
+    image_features,
+    non_personalized_outcomes,
+    random_outcomes,
+    similarity_outcomes,
+    similarity_winner,
+)
+from bench.accuracy.convert import ConversionError, balanced_a_first, convert_ranked, read_rankings
+from bench.accuracy.format import (
     Benchmark,
     BenchmarkError,
     BenchPair,
     BenchReference,
     BenchUser,
+    load_benchmark,
+)
+from bench.accuracy.metrics import (
     Outcome,
     bootstrap_accuracy,
     bootstrap_draws,
-    build_report,
-    default_tenant,
-    image_features,
-    load_benchmark,
-    non_personalized_outcomes,
     paired_gain,
-    parse_backend,
-    random_outcomes,
     reference_bucket,
-    register_users,
-    similarity_outcomes,
-    similarity_winner,
     summarize,
 )
-from bench.convert import ConversionError, balanced_a_first, convert_ranked, read_rankings
-from bench.report import render_summary, write_reports
+from bench.accuracy.queue import default_tenant, register_users
+from bench.accuracy.report import render_summary, write_reports
+from bench.accuracy.run import build_report
+from bench.accuracy.specs import parse_backend
 from workers.imaging import ImageLimits, ImageLoader
 from workers.store import ImageStore, StoreConfig
 

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.accuracy.metrics import Interval, bucket_order
+
 if TYPE_CHECKING:
-    from bench.accuracy import AccuracyReport, Interval
+    from bench.accuracy.run import AccuracyReport
 
 PALETTE = ("#1f6fb4", "#d1495b", "#2a9d5c", "#8e5cc4", "#e08a1e", "#2bb0c4", "#8c564b", "#c2459e")
 BASELINE_COLOURS = {"similarity": "#6c8ead", "non-personalized": "#9a9a9a", "random": "#c4b59a"}
@@ -99,8 +101,6 @@ def gain_rows(report: AccuracyReport) -> list[list[str]]:
 
 
 def bucket_labels(report: AccuracyReport) -> list[str]:
-    from bench.accuracy import bucket_order
-
     present = {b.bucket for m in report.methods for b in m.by_references}
     return [label for label in bucket_order() if label in present]
 
@@ -129,7 +129,7 @@ def user_rows(report: AccuracyReport) -> tuple[list[str], list[list[str]]]:
     for u in report.methods[0].per_user:
         rows.append(
             [u.user, str(u.references), str(u.tests)]
-            + [pct(rows_.get(u.user).accuracy if rows_.get(u.user) else None) for rows_ in by_method]  # type: ignore[union-attr]
+            + [pct(row.accuracy if (row := rows_.get(u.user)) else None) for rows_ in by_method]
         )
     return header, rows
 
@@ -409,7 +409,7 @@ def svg_per_user(report: AccuracyReport) -> str:
         users = [(u.user, u.accuracy) for u in m.per_user if u.accuracy is not None]
         if not users:
             continue
-        values = sorted(a for _, a in users)  # type: ignore[misc]
+        values = sorted(a for _, a in users)
         q1, med, q3 = (_quantile(values, q) for q in (0.25, 0.5, 0.75))
         lo, hi = values[0], values[-1]
         out.append(f'<g class="box" data-method="{_esc(m.method)}" stroke="#333" fill="none">')

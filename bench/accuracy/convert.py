@@ -9,7 +9,7 @@ Input: a folder holding ``rankings.jsonl``, one line per ranked item (other fiel
 
 ``images`` are 4 distinct paths relative to the folder; ``ranking`` is a permutation of 0..3.
 
-Output: the JSON Lines of `bench.accuracy` (one line per user, users in order of first appearance,
+Output: the JSON Lines of `bench.accuracy.format` (one line per user, users in order of first appearance,
 items in file order), image paths written relative to the output file's folder:
 
 - a ``reference`` item gives ONE reference pair: rank 1 chosen, rank 4 rejected. With
@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from bench.accuracy import BenchPair, BenchReference, BenchUser
+from bench.accuracy.format import BenchPair, BenchReference, BenchUser
 
 RANKINGS = "rankings.jsonl"
 IMAGES_PER_ITEM = 4
@@ -68,42 +68,61 @@ class _User:
     tests: list[RankedItem] = field(default_factory=list)
 
 
-def _check(number: int, obj: Any, src: Path) -> tuple[RankedItem | None, list[str]]:
+def _check(number: int, obj: object, src: Path) -> tuple[RankedItem | None, list[str]]:
+    """One parsed line as an item, or every problem of the line (prefixed with its number)."""
     if not isinstance(obj, dict):
         return None, [f"line {number}: expected a JSON object, got {type(obj).__name__}"]
     problems: list[str] = []
-    user, prompt, images, ranking, split = (
-        obj.get(k) for k in ("user", "prompt", "images", "ranking", "split")
-    )
-    if not isinstance(user, str) or not user.strip():
-        problems.append("'user' must be a non-empty string")
-    if not isinstance(prompt, str) or not prompt.strip():
-        problems.append("'prompt' must be a non-empty string")
+    user = _non_empty(obj.get("user"), "user", problems)
+    prompt = _non_empty(obj.get("prompt"), "prompt", problems)
+    split = obj.get("split")
     if split not in SPLITS:
         problems.append(f"'split' must be one of {list(SPLITS)}, got {split!r}")
-    paths: list[Path] = []
+    paths = _image_paths(obj.get("images"), src, problems)
+    ranking = _ranking(obj.get("ranking"), problems)
+    if problems or user is None or prompt is None or ranking is None:
+        return None, [f"line {number}: {p}" for p in problems]
+    return RankedItem(number, user.strip(), prompt, tuple(paths), tuple(ranking), str(split)), []
+
+
+def _non_empty(value: object, name: str, problems: list[str]) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"'{name}' must be a non-empty string")
+        return None
+    return value
+
+
+def _image_paths(images: object, src: Path, problems: list[str]) -> list[Path]:
+    """The item's image files, resolved under `src` (empty when the list itself is malformed)."""
     if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
         problems.append("'images' must be a list of paths")
-    elif len(images) != IMAGES_PER_ITEM:
+        return []
+    if len(images) != IMAGES_PER_ITEM:
         problems.append(f"expected {IMAGES_PER_ITEM} images, got {len(images)}")
-    elif len(set(images)) != len(images):
+        return []
+    if len(set(images)) != len(images):
         problems.append(f"images repeat: {images}")
-    else:
-        for p in images:
-            path = (src / p).resolve()
-            if not path.is_file():
-                problems.append(f"image {p!r} not found ({path})")
-            paths.append(path)
+        return []
+    paths = []
+    for p in images:
+        path = (src / p).resolve()
+        if not path.is_file():
+            problems.append(f"image {p!r} not found ({path})")
+        paths.append(path)
+    return paths
+
+
+def _ranking(ranking: object, problems: list[str]) -> list[int] | None:
+    """Indices into the images, best first: a permutation of 0..3 (None otherwise)."""
     if not isinstance(ranking, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in ranking
     ):
         problems.append("'ranking' must be a list of image indices, best first")
-    elif sorted(ranking) != list(range(IMAGES_PER_ITEM)):
+        return None
+    if sorted(ranking) != list(range(IMAGES_PER_ITEM)):
         problems.append(f"ranking {ranking} is not a permutation of 0..{IMAGES_PER_ITEM - 1}")
-    if problems:
-        return None, [f"line {number}: {p}" for p in problems]
-    item = RankedItem(number, user.strip(), prompt, tuple(paths), tuple(ranking), split)  # type: ignore[union-attr,arg-type]
-    return item, []
+        return None
+    return ranking
 
 
 def read_rankings(src: Path | str) -> list[RankedItem]:
@@ -163,27 +182,28 @@ def convert_ranked(
     def rel(path: Path) -> str:
         return Path(os.path.relpath(path, out_base)).as_posix()
 
-    lines = []
-    for user, u in users.items():
-        refs = []
-        for item in u.references:
-            refs.append(
-                BenchReference(prompt=item.prompt, chosen=rel(item.ranked(1)), rejected=rel(item.ranked(4)))
-            )
-            if middle_pairs:
-                refs.append(
-                    BenchReference(
-                        prompt=item.prompt, chosen=rel(item.ranked(2)), rejected=rel(item.ranked(3))
-                    )
-                )
-        rng = np.random.default_rng([seed, zlib.crc32(user.encode())])
-        tests = []
-        for item, a_first in zip(u.tests, balanced_a_first(len(u.tests), rng), strict=True):
-            best, worst = rel(item.ranked(1)), rel(item.ranked(IMAGES_PER_ITEM))
-            a, b = (best, worst) if a_first else (worst, best)
-            tests.append(BenchPair(prompt=item.prompt, image_a=a, image_b=b, label="A" if a_first else "B"))
-        lines.append(BenchUser(user=user, references=refs, tests=tests).model_dump_json())
+    lines = [_user_line(user, u, rel, seed=seed, middle_pairs=middle_pairs) for user, u in users.items()]
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(out_path)
     return len(lines)
+
+
+def _user_line(user: str, items: _User, rel: Callable[[Path], str], *, seed: int, middle_pairs: bool) -> str:
+    """One user's line of the harness file (pairs as the module docstring says; `rel` writes paths)."""
+    refs = []
+    for item in items.references:
+        refs.append(
+            BenchReference(prompt=item.prompt, chosen=rel(item.ranked(1)), rejected=rel(item.ranked(4)))
+        )
+        if middle_pairs:
+            refs.append(
+                BenchReference(prompt=item.prompt, chosen=rel(item.ranked(2)), rejected=rel(item.ranked(3)))
+            )
+    rng = np.random.default_rng([seed, zlib.crc32(user.encode())])
+    tests = []
+    for item, a_first in zip(items.tests, balanced_a_first(len(items.tests), rng), strict=True):
+        best, worst = rel(item.ranked(1)), rel(item.ranked(IMAGES_PER_ITEM))
+        a, b = (best, worst) if a_first else (worst, best)
+        tests.append(BenchPair(prompt=item.prompt, image_a=a, image_b=b, label="A" if a_first else "B"))
+    return BenchUser(user=user, references=refs, tests=tests).model_dump_json()
