@@ -45,32 +45,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.orchestration import (  # noqa: E402
-    Stack,
-    bootstrap_contexts,
+from bench.accounting import (  # noqa: E402
     cpu_calibration,
     cpu_seconds,
-    create_users,
-    judgment_specs,
-    ledger_stats,
     machine_busy_seconds,
     postgres_backends,
-    real_stack,
+    postgres_cpu_since,
     redis_pids,
-    upload_images,
-    wait_terminal,
 )
+from bench.ledger import ledger_stats, wait_terminal  # noqa: E402
+from bench.stack import Stack, real_stack  # noqa: E402
+from bench.stub_lvlm import StubState, stub_lvlm_server  # noqa: E402
+from bench.workload import bootstrap_contexts, create_users, judgment_specs, upload_images  # noqa: E402
+
+if TYPE_CHECKING:
+    from models.judgments import JudgmentSpec
 
 
 class InFlightSampler:
     """Samples the fake server's in-flight count every `period` seconds in a thread."""
 
-    def __init__(self, state, period: float = 0.01) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, state: StubState, period: float = 0.01) -> None:
         self.state = state
         self.period = period
         self.samples: list[tuple[float, int]] = []  # (time.time(), in flight)
@@ -164,69 +165,120 @@ class FeedRun:
         return self.n / self.server_window_s
 
 
+class _Cpu(NamedTuple):
+    """CPU seconds during a timed run, by who used them."""
+
+    worker: float
+    bench: float  # this process: the fake server and the polling
+    services: float  # moto, redis, our Postgres backends
+    foreign: float  # everything else busy on the machine meanwhile (other users)
+
+
+class _CpuWatch:
+    """CPU readings from its creation on: the worker process, this one, the services, the machine."""
+
+    def __init__(self, stack: Stack, worker_pid: int) -> None:
+        self.worker_pid = worker_pid
+        self.worker0, self.bench0 = cpu_seconds(worker_pid), time.process_time()
+        self.services = [stack.moto_pid, *redis_pids(stack.redis_url)]
+        self.services0 = sum(map(cpu_seconds, self.services))
+        self.pg0, self.busy0 = postgres_backends(), machine_busy_seconds()
+
+    def since(self) -> _Cpu:
+        worker = cpu_seconds(self.worker_pid) - self.worker0
+        bench = time.process_time() - self.bench0
+        busy = machine_busy_seconds() - self.busy0
+        services = sum(map(cpu_seconds, self.services)) - self.services0
+        services += postgres_cpu_since(self.pg0)
+        return _Cpu(worker, bench, services, max(0.0, busy - worker - bench - services))
+
+
+@dataclass
+class _Timed:
+    """One timed submission: its judgment ids and start, the in-flight samples, what the server saw."""
+
+    ids: list[int]
+    t0: datetime
+    sampler: InFlightSampler
+    requests: int
+    max_in_flight: int
+    cpu: _Cpu
+
+
+def _worker_env(stack: Stack, url: str, setup: Setup) -> dict[str, str]:
+    return {
+        **stack.env,
+        "PIGREWARD_BACKEND": "sglang",
+        "PIGREWARD_SGLANG_URL": url,
+        "PIGREWARD_SGLANG_MAX_IN_FLIGHT": str(setup.in_flight),
+        "PIGREWARD_CHUNK_CONCURRENCY": str(setup.chunk_concurrency),
+    }
+
+
+def _submit_and_wait(
+    stack: Stack, state: StubState, worker_pid: int, specs: Sequence[JudgmentSpec], chunk: int
+) -> _Timed:
+    """Submit `specs` at once and wait until all are terminal, sampling the server's in-flight count."""
+    from tasks import submit_judgments
+
+    state.bodies.clear()
+    state.max_in_flight = 0
+    calls0 = sum(state.calls.values())
+    watch = _CpuWatch(stack, worker_pid)
+    with InFlightSampler(state) as sampler:
+        t0 = datetime.now(UTC)
+        ids = submit_judgments(specs, chunk_size=chunk)
+        wait_terminal(min(ids), max(ids), len(set(ids)), timeout_s=1800)
+    cpu = watch.since()
+    return _Timed(ids, t0, sampler, sum(state.calls.values()) - calls0, state.max_in_flight, cpu)
+
+
+def _feed_run(setup: Setup, timed: _Timed) -> FeedRun:
+    """The run's figures: times from the ledger, the server's busy window from the samples."""
+    rows, statuses = ledger_stats(min(timed.ids), max(timed.ids))
+    last = max(r["finished_at"] for r in rows)
+    lo, hi = timed.sampler.busy_window()
+    return FeedRun(
+        setup=setup,
+        n=len(rows),
+        statuses=statuses,
+        e2e_s=(last - timed.t0).total_seconds(),
+        server_window_s=hi - lo,
+        mean_in_flight=timed.sampler.mean(lo, hi),
+        max_in_flight=timed.max_in_flight,
+        per_second=timed.sampler.per_second(timed.t0.timestamp(), last.timestamp()),
+        requests=timed.requests,
+        worker_cpu_s=timed.cpu.worker,
+        bench_cpu_s=timed.cpu.bench,
+        services_cpu_s=timed.cpu.services,
+        foreign_cpu_s=timed.cpu.foreign,
+    )
+
+
 def run_one(
     stack: Stack, users: Sequence[str], uris: Sequence[str], args: argparse.Namespace, setup: Setup, k: int
 ) -> FeedRun:
-    from bench.stub_lvlm import stub_lvlm_server
+    """One set-up: a fresh stub server and worker process, the judgments through them."""
     from ops.stack import celery_worker
-    from tasks import submit_judgments
 
     with stub_lvlm_server(delay=args.delay) as (url, state):
-        env = {
-            **stack.env,
-            "PIGREWARD_BACKEND": "sglang",
-            "PIGREWARD_SGLANG_URL": url,
-            "PIGREWARD_SGLANG_MAX_IN_FLIGHT": str(setup.in_flight),
-            "PIGREWARD_CHUNK_CONCURRENCY": str(setup.chunk_concurrency),
-        }
         log = stack.tmp / f"feeding-worker-{k}.log"
+        env = _worker_env(stack, url, setup)
         with celery_worker(
             env, "context,judge,bulk", log, pool="threads", concurrency=setup.worker_threads
         ) as proc:
             if k == 0:
                 print("building contexts (reasoner requests) ...", file=sys.stderr)
                 bootstrap_contexts(users, "sglang")
-            state.bodies.clear()
-            state.max_in_flight = 0
-            calls0 = sum(state.calls.values())
             specs = judgment_specs(
                 users, uris, args.judgments, tag=f"feed{k}", backend="sglang", seed=7 + k, swap=args.swap
             )
-            cpu0, bench0 = cpu_seconds(proc.pid), time.process_time()
-            others = [stack.moto_pid, *redis_pids(stack.redis_url)]
-            others0, pg0, busy0 = sum(map(cpu_seconds, others)), postgres_backends(), machine_busy_seconds()
-            with InFlightSampler(state) as sampler:
-                t0 = datetime.now(UTC)
-                ids = submit_judgments(specs, chunk_size=setup.chunk)
-                wait_terminal(min(ids), max(ids), len(set(ids)), timeout_s=1800)
-            worker_cpu = cpu_seconds(proc.pid) - cpu0
-            bench_cpu = time.process_time() - bench0
-            busy = machine_busy_seconds() - busy0
-            services_cpu = sum(map(cpu_seconds, others)) - others0
-            services_cpu += sum(v - pg0.get(pid, 0.0) for pid, v in postgres_backends().items())
-            requests = sum(state.calls.values()) - calls0
-            max_in_flight = state.max_in_flight
-    rows, statuses = ledger_stats(min(ids), max(ids))
-    last = max(r["finished_at"] for r in rows)
-    lo, hi = sampler.busy_window()
-    return FeedRun(
-        setup=setup,
-        n=len(rows),
-        statuses=statuses,
-        e2e_s=(last - t0).total_seconds(),
-        server_window_s=hi - lo,
-        mean_in_flight=sampler.mean(lo, hi),
-        max_in_flight=max_in_flight,
-        per_second=sampler.per_second(t0.timestamp(), last.timestamp()),
-        requests=requests,
-        worker_cpu_s=worker_cpu,
-        bench_cpu_s=bench_cpu,
-        services_cpu_s=services_cpu,
-        foreign_cpu_s=max(0.0, busy - worker_cpu - bench_cpu - services_cpu),
-    )
+            timed = _submit_and_wait(stack, state, proc.pid, specs, setup.chunk)
+    return _feed_run(setup, timed)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    assert __doc__ is not None
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -243,7 +295,85 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--swap", action="store_true", help="judge both orders (2 requests per judgment)")
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--users", type=int, default=8)
-    args = p.parse_args(argv)
+    return p
+
+
+def _ideal(r: FeedRun, args: argparse.Namespace) -> float:
+    """Judgments/s a worker would reach with its max in flight at the server's latency."""
+    delay: float = args.delay
+    return r.max_in_flight / delay / (2 if args.swap else 1)
+
+
+def _met(r: FeedRun, args: argparse.Namespace) -> bool:
+    return r.max_in_flight >= 64 and r.window_rate >= 0.9 * _ideal(r, args)
+
+
+def _print_header(args: argparse.Namespace, calibration: float, total: int) -> None:
+    per_judgment = 2 if args.swap else 1
+    print()
+    print("== pigreward feeding benchmark (sglang backend, one worker process) ==")
+    print(
+        f"machine: {platform.node()}, nproc {os.cpu_count()}, Python {platform.python_version()}; "
+        f"CPU calibration {calibration:.3f} s (bench.accounting.cpu_calibration); "
+        f"fake OpenAI-compatible server, {args.delay:.1f} s per request, unlimited concurrency"
+    )
+    print(
+        f"settings: {args.judgments} judgments, swap {'on' if args.swap else 'off'} ({per_judgment} request(s) "
+        f"per judgment), one worker process (threads pool), "
+        f"{args.images} images ({total / args.images / 1024:.0f} KB PNG) from moto S3, {args.users} users "
+        "(contexts pre-built); Redis + Postgres"
+    )
+
+
+def _print_run(r: FeedRun, args: argparse.Namespace) -> None:
+    per_judgment = 2 if args.swap else 1
+    ideal = _ideal(r, args)
+    print()
+    print(f"[{r.setup}]")
+    print(f"  statuses: {r.statuses}; server requests during the run: {r.requests}")
+    print(
+        f"  judgments/s: {r.window_rate:.1f} while the server was busy ({r.n} in {r.server_window_s:.1f} s, "
+        f"first request in -> last out); {r.e2e_rate:.1f} end-to-end ({r.e2e_s:.1f} s, first submit -> "
+        f"last finished_at)"
+    )
+    print(
+        f"  server in flight: max {r.max_in_flight}, time-averaged {r.mean_in_flight:.1f} over the busy "
+        f"window (sampled every 10 ms)"
+    )
+    print(
+        f"  in-flight / latency: {r.max_in_flight} / {args.delay:g} s = {ideal:.1f} judgments/s; measured "
+        f"{100 * r.window_rate / ideal:.0f}% of it while busy, {100 * r.e2e_rate / ideal:.0f}% end-to-end "
+        f"(mean in flight / latency = {r.mean_in_flight / args.delay / per_judgment:.1f})"
+    )
+    print(f"  mean in flight per second: {' '.join(f'{x:.0f}' for x in r.per_second)}")
+    print(
+        f"  CPU: worker process {r.worker_cpu_s:.1f} s ({1e3 * r.worker_cpu_s / r.n:.1f} ms per judgment, "
+        f"{r.worker_cpu_s / r.e2e_s:.2f} cores); this process (fake server + polling) {r.bench_cpu_s:.1f} s; "
+        f"moto+redis+postgres {r.services_cpu_s:.1f} s"
+    )
+    foreign = r.foreign_cpu_s / r.e2e_s
+    print(
+        f"  machine load from other processes during the run: {foreign:.2f} cores"
+        + (" (WARNING: the machine was shared)" if foreign > 0.2 else "")
+    )
+
+
+def _print_summary(runs: Sequence[FeedRun], args: argparse.Namespace) -> None:
+    print()
+    print("== summary ==")
+    for r in runs:
+        ideal = _ideal(r, args)
+        print(
+            f"SUMMARY {r.setup.tag}: server max in flight {r.max_in_flight} (mean "
+            f"{r.mean_in_flight:.1f}); {r.window_rate:.1f} judgments/s while busy = "
+            f"{100 * r.window_rate / ideal:.0f}% of in-flight/latency {ideal:.1f} ({r.e2e_rate:.1f}/s "
+            f"end-to-end = {100 * r.e2e_rate / ideal:.0f}%); goal (>= 64 in flight, within 10%): "
+            f"{'MET' if _met(r, args) else 'NOT MET'}; other load {r.foreign_cpu_s / r.e2e_s:.2f} cores"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     setups = [Setup.parse(x.strip()) for x in args.setups.split(",") if x.strip()]
 
     runs: list[FeedRun] = []
@@ -254,64 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, setup in enumerate(setups):
             runs.append(run_one(stack, users, uris, args, setup, k))
 
-    per_judgment = 2 if args.swap else 1
-    print()
-    print("== pigreward feeding benchmark (sglang backend, one worker process) ==")
-    print(
-        f"machine: {platform.node()}, nproc {os.cpu_count()}, Python {platform.python_version()}; "
-        f"CPU calibration {calibration:.3f} s (bench.orchestration.cpu_calibration); "
-        f"fake OpenAI-compatible server, {args.delay:.1f} s per request, unlimited concurrency"
-    )
-    print(
-        f"settings: {args.judgments} judgments, swap {'on' if args.swap else 'off'} ({per_judgment} request(s) "
-        f"per judgment), one worker process (threads pool), "
-        f"{args.images} images ({total / args.images / 1024:.0f} KB PNG) from moto S3, {args.users} users "
-        "(contexts pre-built); Redis + Postgres"
-    )
-    goals = []
+    _print_header(args, calibration, total)
     for r in runs:
-        ideal = r.max_in_flight / args.delay / per_judgment
-        ok = r.max_in_flight >= 64 and r.window_rate >= 0.9 * ideal
-        goals.append(ok)
-        print()
-        print(f"[{r.setup}]")
-        print(f"  statuses: {r.statuses}; server requests during the run: {r.requests}")
-        print(
-            f"  judgments/s: {r.window_rate:.1f} while the server was busy ({r.n} in {r.server_window_s:.1f} s, "
-            f"first request in -> last out); {r.e2e_rate:.1f} end-to-end ({r.e2e_s:.1f} s, first submit -> "
-            f"last finished_at)"
-        )
-        print(
-            f"  server in flight: max {r.max_in_flight}, time-averaged {r.mean_in_flight:.1f} over the busy "
-            f"window (sampled every 10 ms)"
-        )
-        print(
-            f"  in-flight / latency: {r.max_in_flight} / {args.delay:g} s = {ideal:.1f} judgments/s; measured "
-            f"{100 * r.window_rate / ideal:.0f}% of it while busy, {100 * r.e2e_rate / ideal:.0f}% end-to-end "
-            f"(mean in flight / latency = {r.mean_in_flight / args.delay / per_judgment:.1f})"
-        )
-        print(f"  mean in flight per second: {' '.join(f'{x:.0f}' for x in r.per_second)}")
-        print(
-            f"  CPU: worker process {r.worker_cpu_s:.1f} s ({1e3 * r.worker_cpu_s / r.n:.1f} ms per judgment, "
-            f"{r.worker_cpu_s / r.e2e_s:.2f} cores); this process (fake server + polling) {r.bench_cpu_s:.1f} s; "
-            f"moto+redis+postgres {r.services_cpu_s:.1f} s"
-        )
-        foreign = r.foreign_cpu_s / r.e2e_s
-        print(
-            f"  machine load from other processes during the run: {foreign:.2f} cores"
-            + (" (WARNING: the machine was shared)" if foreign > 0.2 else "")
-        )
-    print()
-    print("== summary ==")
-    for r, ok in zip(runs, goals, strict=True):
-        ideal = r.max_in_flight / args.delay / per_judgment
-        print(
-            f"SUMMARY {r.setup.tag}: server max in flight {r.max_in_flight} (mean "
-            f"{r.mean_in_flight:.1f}); {r.window_rate:.1f} judgments/s while busy = "
-            f"{100 * r.window_rate / ideal:.0f}% of in-flight/latency {ideal:.1f} ({r.e2e_rate:.1f}/s "
-            f"end-to-end = {100 * r.e2e_rate / ideal:.0f}%); goal (>= 64 in flight, within 10%): "
-            f"{'MET' if ok else 'NOT MET'}; other load {r.foreign_cpu_s / r.e2e_s:.2f} cores"
-        )
+        _print_run(r, args)
+    _print_summary(runs, args)
     return 0
 
 

@@ -23,14 +23,31 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: `python bench/hf_throughput.py`
     sys.path.insert(0, str(REPO))
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def workload(tokenizer, batch: int, context_tokens: int, image_px: int, gen_tokens: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    from workers.backends.qwen_vision import VisionSpec
+    from workers.generation import GenerationRequest
+    from workers.imaging import NormalizedImage
+
+
+def workload(
+    tokenizer: PreTrainedTokenizerBase,
+    batch: int,
+    context_tokens: int,
+    image_px: int,
+    gen_tokens: int,
+    seed: int = 0,
+) -> list[GenerationRequest]:
+    """One user's batch of judge requests: ~`context_tokens` of rationales, two drawn images each."""
     from bench.random_vlm import CORPUS
     from workers.drawing import DrawParams, draw_image
     from workers.generation import Sampling
@@ -45,7 +62,7 @@ def workload(tokenizer, batch: int, context_tokens: int, image_px: int, gen_toke
         i = rng.randrange(15)
         rationales[i] = f"{rationales[i]} {rng.choice(words)}".strip()
 
-    def image(i: int):  # type: ignore[no-untyped-def]
+    def image(i: int) -> NormalizedImage:
         buf = io.BytesIO()
         params = DrawParams(
             warmth=rng.random(),
@@ -73,7 +90,14 @@ def workload(tokenizer, batch: int, context_tokens: int, image_px: int, gen_toke
     ]
 
 
-def main() -> None:
+MODES = {  # (shared_prefix, static_cache)
+    "plain": (False, False),
+    "shared-prefix": (True, False),
+    "static-cache": (True, True),  # static_cache excludes shared_prefix
+}
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["7b", "tiny"], default="7b")
     ap.add_argument("--batch", type=int, default=128)
@@ -82,13 +106,58 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=350)
     ap.add_argument("--modes", default="plain,shared-prefix,static-cache")
     ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
+    return ap
+
+
+def _time_mode(
+    mode: str,
+    args: argparse.Namespace,
+    loaded: tuple[Any, Any, VisionSpec],
+    requests: Sequence[GenerationRequest],
+    device: str,
+) -> tuple[list[str], float]:
+    """Generate the batch once in `mode` after a warm-up; its texts and judgments/s (printed too)."""
+    import torch
+
+    from workers.backends.hf import _Model
+    from workers.backends.hf_config import HFEngineConfig
+
+    shared_prefix, static_cache = MODES[mode]
+    cfg = HFEngineConfig(
+        judge_model="bench",
+        min_new_tokens=args.gen_tokens,
+        max_batch=args.batch,
+        shared_prefix=shared_prefix,
+        static_cache=static_cache,
+    )
+    engine = _Model(f"bench-{args.shape}", cfg, loaded=loaded)
+    engine.stop()
+    engine.run(requests[: min(2, len(requests))])  # warm-up (kernels, compile)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    gens = engine.run(requests)
+    if cuda:
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t
+    rate = len(requests) / secs
+    prompt = gens[0].usage["prompt_tokens"]
+    mem = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
+    print(
+        f"{mode:>14}: {rate:8.2f} judgments/s  ({secs:.1f}s for {len(requests)}; "
+        f"{prompt} prompt tokens, {gens[0].usage['completion_tokens']} generated{mem})"
+    )
+    return [g.text for g in gens], rate
+
+
+def main() -> None:
+    args = _parser().parse_args()
 
     import torch
 
     from bench.random_vlm import random_model
-    from workers.backends.hf import _Model
-    from workers.backends.hf_config import HFEngineConfig
     from workers.backends.qwen_vision import VisionSpec
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -106,40 +175,10 @@ def main() -> None:
             f"({sum(p.numel() for p in loaded[0].parameters()) / 1e9:.2f}B parameters)"
         )
         requests = workload(loaded[1], args.batch, args.context_tokens, args.image_px, args.gen_tokens)
-        modes = {
-            "plain": {"shared_prefix": False},
-            "shared-prefix": {"shared_prefix": True},
-            "static-cache": {"static_cache": True},
-        }
         outputs: dict[str, list[str]] = {}
         rates: dict[str, float] = {}
         for mode in args.modes.split(","):
-            cfg = HFEngineConfig(
-                judge_model="bench", min_new_tokens=args.gen_tokens, max_batch=args.batch, **modes[mode]
-            )
-            engine = _Model(f"bench-{args.shape}", cfg, loaded=loaded)
-            engine.stop()
-            engine.run(requests[: min(2, len(requests))])  # warm-up (kernels, compile)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t = time.perf_counter()
-            gens = engine.run(requests)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            secs = time.perf_counter() - t
-            outputs[mode] = [g.text for g in gens]
-            rates[mode] = len(requests) / secs
-            prompt = gens[0].usage["prompt_tokens"]
-            mem = (
-                f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
-                if device.startswith("cuda")
-                else ""
-            )
-            print(
-                f"{mode:>14}: {rates[mode]:8.2f} judgments/s  ({secs:.1f}s for {len(requests)}; "
-                f"{prompt} prompt tokens, {gens[0].usage['completion_tokens']} generated{mem})"
-            )
+            outputs[mode], rates[mode] = _time_mode(mode, args, loaded, requests, device)
         base = rates.get("plain")
         for mode, rate in rates.items():
             if mode != "plain" and base:

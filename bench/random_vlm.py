@@ -132,7 +132,7 @@ def _train_backend() -> Tokenizer:
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
         ]
     )
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()  # takes no options: it only maps the bytes back
     trainer = trainers.BpeTrainer(
         vocab_size=1000,
         min_frequency=1,
@@ -150,7 +150,7 @@ def build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
     template) into `out_dir`, and return it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers' TokenizersBackend.__init__ is unannotated
         tokenizer_object=_train_backend(),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -180,14 +180,14 @@ def _inline_chat_template(out_dir: Path) -> None:
         jinja.unlink()
 
 
-def write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 TEXT_HIDDEN = 64
 
 
-def _vision_config(kind: TinyKind) -> dict:
+def _vision_config(kind: TinyKind) -> dict[str, Any]:
     common = {
         "depth": 1,
         "num_heads": 2,
@@ -218,7 +218,7 @@ def _vision_config(kind: TinyKind) -> dict:
     }
 
 
-def tiny_config(kind: TinyKind, token_ids: dict[str, int], vocab_size: int) -> dict:
+def tiny_config(kind: TinyKind, token_ids: dict[str, int], vocab_size: int) -> dict[str, Any]:
     """config.json of a tiny checkpoint, in the flat layout of the published Qwen2(.5)-VL checkpoints.
 
     Text fields sit at the top level and M-RoPE is given as `rope_scaling: {"type": "mrope", ...}` plus
@@ -265,7 +265,7 @@ def tiny_config(kind: TinyKind, token_ids: dict[str, int], vocab_size: int) -> d
     }
 
 
-QWEN2_VL_7B = {  # the released PIGReward checkpoints' shape (Qwen2-VL-7B)
+QWEN2_VL_7B: dict[str, Any] = {  # the released PIGReward checkpoints' shape (Qwen2-VL-7B)
     "vocab_size": 152064,
     "hidden_size": 3584,
     "intermediate_size": 18944,
@@ -289,6 +289,12 @@ QWEN2_VL_7B = {  # the released PIGReward checkpoints' shape (Qwen2-VL-7B)
 }
 
 
+def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    assert isinstance(found, int)  # one token in, one id out
+    return found
+
+
 def random_model(
     shape: Literal["tiny", "7b"], device: str, workdir: Path
 ) -> tuple[Any, PreTrainedTokenizerFast]:
@@ -298,10 +304,10 @@ def random_model(
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     tokenizer = build_tokenizer(workdir / "tok")
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    ids = {t: _token_id(tokenizer, t) for t in tokenizer.all_special_tokens}
     ids.update(
         {
-            t: tokenizer.convert_tokens_to_ids(t)
+            t: _token_id(tokenizer, t)
             for t in (
                 "<|image_pad|>",
                 "<|video_pad|>",
@@ -318,7 +324,9 @@ def random_model(
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     config = Qwen2VLConfig(**cfg)
     with torch.device(device):
-        model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+        model = Qwen2VLForConditionalGeneration._from_config(  # type: ignore[no-untyped-call]  # transformers: _from_config is unannotated
+            config, dtype=dtype
+        ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02)

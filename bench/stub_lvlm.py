@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -20,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from ops.stack import free_port
 
 VERDICT = """Warm palette: Image {w} has the amber light this user favours. (Score 1: {a1}, Score 2: {b1})
 Clean composition: both are tidy. (Score 1: 3, Score 2: 3)
@@ -51,7 +52,9 @@ def _read_request(body: dict[str, Any]) -> tuple[str, list[str], bool]:
     text, images = "", []
     for message in body.get("messages", []):
         content = message.get("content")
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        parts: list[dict[str, Any]] = (
+            [{"type": "text", "text": content}] if isinstance(content, str) else content
+        )
         for part in parts:
             if part.get("type") == "text":
                 text += part["text"]
@@ -122,13 +125,6 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                     state.in_flight -= 1
 
     return Handler
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
