@@ -17,6 +17,8 @@ import pytest
 
 from ops.stack import REPO
 
+pytestmark = pytest.mark.slow  # two full accuracy runs on the synthetic set
+
 USERS = 6
 SCRIPT = """
 import json, sys

@@ -69,8 +69,25 @@ def test_one_worker_process_keeps_at_least_32_requests_in_flight(stack, fake) ->
 
 def test_requests_of_one_user_share_a_byte_identical_prefix(stack, fake) -> None:  # type: ignore[no-untyped-def]
     _, state = fake
+    uris = [image(stack, f"lvlm/prefix-{i}.png", warmth=i / 5, seed=500 + i) for i in range(6)]
+    specs = [
+        JudgmentSpec(
+            tenant="default",
+            user="lvlm-user",
+            prompt=f"prefix scene {i}",
+            image_a=uris[i],
+            image_b=uris[i + 1],
+            backend="sglang",
+            options={"swap": True},
+        )
+        for i in range(5)
+    ]
+    state.bodies.clear()
+    ids = submit_judgments(specs, queue=QUEUE)
+    assert wait_for_judgments(get_db(), ids, progress=False, timeout_s=120) == {"done": 5}
     judge_bodies = [b for b in state.bodies if "(chosen)" not in json.dumps(b)]
-    texts = [json.dumps(b["messages"]) for b in judge_bodies[:10]]
+    assert len(judge_bodies) == 10  # both orders of five judgments
+    texts = [json.dumps(b["messages"]) for b in judge_bodies]
     prefixes = {t[: t.index("Prompt:")] for t in texts}
     assert len(prefixes) == 1  # instructions + the user's context, identical for every judgment
     assert all(b["temperature"] == 0.0 and b["max_tokens"] == 512 for b in judge_bodies)

@@ -11,7 +11,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from ops.stack import REPO
+
+pytestmark = pytest.mark.slow  # three benchmarks end to end, each on its own private stack
 
 
 def _bench(*args: str) -> str:
