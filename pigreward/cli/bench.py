@@ -11,7 +11,7 @@ import click
 
 from bench.accuracy import BenchmarkError, render_summary, run_accuracy, run_synthetic
 from bench.accuracy.convert import ConversionError, convert_ranked
-from bench.optimize import render, run_bench
+from bench.optimization import render, run_bench
 from core.settings import get_settings
 
 
