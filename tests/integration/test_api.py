@@ -965,7 +965,11 @@ def test_metrics_endpoint_counts_requests_by_route_template(stack) -> None:  # t
 
 
 def _drop_connections() -> int:
-    """What a database restart does to every open connection of the test database."""
+    """What a database restart does to every open connection of the test database.
+
+    The API's and the worker's connections are what the tests watch; this test process's own pool
+    (the helpers' `get_db()`) is emptied, so later tests do not trip over connections killed here.
+    """
     import psycopg
 
     from ops.stack import postgres_admin_url
@@ -977,6 +981,7 @@ def _drop_connections() -> int:
             "WHERE datname = %s AND pid <> pg_backend_pid()",
             (database,),
         ).fetchone()
+    get_db().dispose()
     return int(row[0]) if row else 0
 
 
