@@ -10,10 +10,12 @@ from enum import StrEnum
 
 
 class JudgmentStatus(StrEnum):
-    """Where a ledger row stands. `queued` → `running` → one of the terminal statuses."""
+    """Where a ledger row stands. `queued` → `running` → one of the terminal statuses, with `waiting`
+    between runs while transient trouble lasts (until the retry horizon, then `failed`)."""
 
     queued = "queued"  # ledger row written, message sent (or about to be)
-    running = "running"  # a worker took it
+    running = "running"  # a worker took it (and renews its claim's heartbeat while it runs)
+    waiting = "waiting"  # transient trouble (store, database, model server): retried at retry_at
     done = "done"  # valid verdict stored
     invalid = "invalid"  # the model answered, but not in the protocol: reason + raw text kept
     rejected = "rejected"  # bad input (missing image, unknown user...): permanent, reason kept

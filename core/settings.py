@@ -139,11 +139,38 @@ class Settings(BaseSettings):
     default_tenant: str = Field("default", description="Tenant used by the CLI and tasks.judge.delay.")
     task_time_limit_s: int = Field(900, description="Hard limit of one task; the longest task we run.")
     visibility_timeout_s: int = Field(
-        3600, description="Redis redelivery timeout for unacked tasks; must exceed the longest task."
+        3600,
+        description="Redis redelivers a message its worker never acknowledged after this; it must outlast "
+        "the longest task. Recovery does not wait for it (see claim_lease_s).",
     )
-    max_retries: int = Field(5, description="Retries of transient errors (backoff with jitter).")
+    max_retries: int = Field(
+        5, description="Retries of a context build's transient errors (backoff, jitter)."
+    )
     max_attempts: int = Field(
-        8, description="Runs of one judgment before it is failed (guards against crash loops)."
+        8,
+        description="Runs of one judgment that end without any recorded outcome (worker crashes, time "
+        "limits) before it is failed: a crash loop must end.",
+    )
+    claim_lease_s: float = Field(
+        60.0,
+        ge=5,
+        description="A worker renews its claims every lease/6 s; a claim not renewed for this long is "
+        "presumed dead and its judgment is sent again.",
+    )
+    reconcile_interval_s: float = Field(
+        15.0,
+        gt=0,
+        description="Every worker process sweeps this often (one at a time per deployment): due retries, "
+        "dead claims and lost messages are sent again.",
+    )
+    retry_backoff_s: float = Field(5.0, gt=0, description="First wait after a transient error.")
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between retries: bounds how soon work resumes after an outage."
+    )
+    retry_horizon_s: float = Field(
+        24 * 3600.0,
+        ge=60,
+        description="A judgment whose transient errors last longer than this is failed with the last error.",
     )
     worker_concurrency: int = Field(4, description="Threads per worker process (pigreward worker).")
 

@@ -23,12 +23,18 @@ def create_batch(*, session: Session, tenant: str, name: str, kind: str = "judge
 
 
 def record_batch(
-    *, session: Session, tenant: str, name: str, specs: Sequence[JudgmentSpec], kind: str = "judge"
+    *,
+    session: Session,
+    tenant: str,
+    name: str,
+    specs: Sequence[JudgmentSpec],
+    kind: str = "judge",
+    queue: str | None = None,
 ) -> tuple[Batch, list[int]]:
     """A batch and its ledger rows in one transaction; returns the batch and the ids in order."""
     batch = create_batch(session=session, tenant=tenant, name=name, kind=kind, total=len(specs))
     ids = record_judgments(
-        session=session, specs=[s.model_copy(update={"batch_id": batch.id}) for s in specs]
+        session=session, specs=[s.model_copy(update={"batch_id": batch.id}) for s in specs], queue=queue
     )
     items = [{"batch_id": batch.id, "position": i, "judgment_id": jid} for i, jid in enumerate(ids)]
     for start in range(0, len(items), 1000):

@@ -8,7 +8,6 @@ dimension rows is written in one transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, func, select
 
 from core.enums import RETRYABLE_ON_RESEND, JudgmentStatus, Winner
+from models.claims import ClaimLost, held
 from models.db import affected
 from models.tables import DimensionScore, Judgment, UserContext, id_of, utcnow
 from models.tenants import ensure_tenant
@@ -100,12 +100,16 @@ class VerdictRecord(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
 
 
-def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list[int]:
+def record_judgments(
+    *, session: Session, specs: Sequence[JudgmentSpec], queue: str | None = None
+) -> list[int]:
     """Write (or find) the ledger rows for `specs`, in order; returns their ids.
 
-    Rows already rejected/failed are put back to `queued` (attempts reset) so that a re-send retries
+    `queue` is where their messages will go (the sweeper looks there for them). Rows already
+    rejected/failed/cancelled are put back to `queued` (attempts reset) so that a re-send retries
     them. The same spec twice gives the same id twice.
     """
+    now = utcnow()
     tenant_ids: dict[str, int] = {}
     users: dict[tuple[int, str], int | None] = {}
     rows: list[dict[str, Any]] = []
@@ -137,7 +141,10 @@ def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list
                 "timings": {},
                 "usage": {},
                 "attempts": 0,
-                "created_at": utcnow(),
+                "transient_failures": 0,
+                "queue": queue,
+                "queued_at": now,
+                "created_at": now,
             }
         )
     # distinct keys in sorted order: overlapping concurrent submits lock rows in the same order
@@ -154,68 +161,19 @@ def record_judgments(*, session: Session, specs: Sequence[JudgmentSpec]) -> list
         session.execute(
             sa.update(Judgment)
             .where(col(Judgment.key).in_(chunk), col(Judgment.status).in_(sorted(RETRYABLE_ON_RESEND)))
-            .values(status=JudgmentStatus.queued, error=None, error_code=None, attempts=0, claim_token=None)
+            .values(
+                status=JudgmentStatus.queued,
+                error=None,
+                error_code=None,
+                attempts=0,
+                transient_failures=0,
+                waiting_since=None,
+                claim_token=None,
+                queue=queue,
+                queued_at=now,
+            )
         )
     return [ids[k] for k in keys]
-
-
-class ClaimLost(Exception):
-    """The row was taken over (lease expired) or finished by someone else: drop this result."""
-
-
-def claim_judgment(
-    *, session: Session, judgment_id: int, token: str, lease_s: float, max_attempts: int
-) -> Judgment | None:
-    """Take a judgment to run it; None if it is finished, unknown, or held by a live claim.
-
-    A row is claimable when it is `queued`, or `running` under the same token (a redelivered or
-    retried message keeps its Celery task id) or under a claim older than `lease_s` (its worker
-    died). Two different messages for one row can therefore never run it at the same time. A row
-    claimed `max_attempts` times without finishing is failed: a crash loop must end.
-    """
-    now = utcnow()
-    claimable = sa.or_(
-        col(Judgment.status) == JudgmentStatus.queued,
-        sa.and_(
-            col(Judgment.status) == JudgmentStatus.running,
-            sa.or_(
-                col(Judgment.claim_token) == token,
-                col(Judgment.started_at).is_(None),
-                col(Judgment.started_at) < now - timedelta(seconds=lease_s),
-            ),
-        ),
-    )
-    base = sa.update(Judgment).where(col(Judgment.id) == judgment_id, claimable)
-    claim = base.where(col(Judgment.attempts) < max_attempts).values(
-        status=JudgmentStatus.running, attempts=Judgment.attempts + 1, started_at=now, claim_token=token
-    )
-    if session.get_bind().dialect.update_returning:  # Postgres, SQLite >= 3.35: one round trip
-        taken = session.scalars(
-            claim.returning(Judgment), execution_options={"populate_existing": True}
-        ).first()
-        if taken is not None:
-            return taken
-    elif affected(session.execute(claim)) == 1:
-        return session.get(Judgment, judgment_id, populate_existing=True)
-    session.execute(
-        base.where(col(Judgment.attempts) >= max_attempts).values(
-            status=JudgmentStatus.failed,
-            error_code="attempts_exhausted",
-            error=f"started {max_attempts} times without finishing (worker crashes or time limits?)",
-            finished_at=now,
-            claim_token=None,
-        )
-    )
-    return None
-
-
-def _held(session: Session, judgment_id: int, token: str | None) -> Judgment:
-    row = session.get(Judgment, judgment_id, with_for_update=_locks(session), populate_existing=True)
-    if row is None:
-        raise LookupError(f"judgment {judgment_id} does not exist")
-    if token is not None and (row.status != JudgmentStatus.running or row.claim_token != token):
-        raise ClaimLost(f"judgment {judgment_id} is {row.status} under another claim")
-    return row
 
 
 def finish_judgment(
@@ -233,10 +191,17 @@ def finish_judgment(
     if token is not None:
         stmt = stmt.where(table.c.status == JudgmentStatus.running, table.c.claim_token == token)
     values: dict[str, Any] = {name: getattr(verdict, name) for name in VERDICT_COLUMNS}
-    values.update(error_code=None, claim_token=None, finished_at=utcnow())
+    values.update(
+        error_code=None,
+        claim_token=None,
+        finished_at=utcnow(),
+        retry_at=None,
+        waiting_since=None,
+        transient_failures=0,
+    )
     updated = session.execute(stmt.values(**values))
     if affected(updated) != 1:
-        _held(session, judgment_id, token)  # raises LookupError or ClaimLost with the row's state
+        held(session, judgment_id, token)  # raises LookupError or ClaimLost with the row's state
         raise ClaimLost(f"judgment {judgment_id} changed while its verdict was written")
     session.execute(sa.delete(dims).where(dims.c.judgment_id == judgment_id))
     if verdict.dimensions:
@@ -258,73 +223,6 @@ def finish_judgment(
     if row is not None:  # a caller holding the row in this session sees what was written
         session.expire(row)
     session.flush()
-
-
-def close_with_error(
-    *,
-    session: Session,
-    judgment_id: int,
-    status: JudgmentStatus,
-    code: str,
-    message: str,
-    token: str | None = None,
-) -> bool:
-    """Record a rejection (bad input) or failure on the row; False if another claim holds it."""
-    try:
-        row = _held(session, judgment_id, token)
-    except (LookupError, ClaimLost):
-        return False
-    row.status = status
-    row.error_code = code
-    row.error = message
-    row.claim_token = None
-    row.finished_at = utcnow()
-    session.add(row)
-    session.flush()
-    return True
-
-
-def release_judgment(*, session: Session, judgment_id: int, token: str) -> bool:
-    """Give a claimed row back to `queued` (it will be re-sent, e.g. after a transient error)."""
-    result = session.execute(
-        sa.update(Judgment)
-        .where(
-            col(Judgment.id) == judgment_id,
-            col(Judgment.status) == JudgmentStatus.running,
-            col(Judgment.claim_token) == token,
-        )
-        .values(status=JudgmentStatus.queued, claim_token=None)
-    )
-    return affected(result) == 1
-
-
-def stale_judgments(
-    *, session: Session, queued_for_s: float, lease_s: float, limit: int = 10_000
-) -> list[int]:
-    """Rows whose message may be lost: queued longer than `queued_for_s`, or running past the lease."""
-    now = utcnow()
-    stmt = (
-        select(Judgment.id)
-        .where(
-            sa.or_(
-                sa.and_(
-                    col(Judgment.status) == JudgmentStatus.queued,
-                    col(Judgment.created_at) < now - timedelta(seconds=queued_for_s),
-                    sa.or_(
-                        col(Judgment.started_at).is_(None),
-                        col(Judgment.started_at) < now - timedelta(seconds=queued_for_s),
-                    ),
-                ),
-                sa.and_(
-                    col(Judgment.status) == JudgmentStatus.running,
-                    col(Judgment.started_at) < now - timedelta(seconds=lease_s),
-                ),
-            )
-        )
-        .order_by(col(Judgment.id))
-        .limit(limit)
-    )
-    return [jid for jid in session.exec(stmt) if jid is not None]
 
 
 def get_judgment(*, session: Session, judgment_id: int) -> Judgment | None:
@@ -350,11 +248,6 @@ def status_counts(
     if ids is not None:
         stmt = stmt.where(col(Judgment.id).in_(list(ids)))
     return {status: n for status, n in session.exec(stmt)}
-
-
-def _locks(session: Session) -> bool:
-    """Row locks where the database has them (Postgres); SQLite serializes writers anyway."""
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def list_judgments(
@@ -419,18 +312,3 @@ def judgments_by_ids(*, session: Session, ids: Iterable[int], chunk_size: int = 
         for row in session.exec(stmt):
             rows[id_of(row)] = row
     return rows
-
-
-def release_claim(*, session: Session, judgment_id: int) -> bool:
-    """Give a `running` row back to `queued` whatever its claim token; False if it was not running.
-
-    Only for a caller that knows the claimant is gone and no one else can hold the row: the embedded
-    worker of a killed process (the accuracy harness on the embedded default, before its own worker
-    starts). Workers give back their own claims with `release_judgment`, which checks the token.
-    """
-    result = session.execute(
-        sa.update(Judgment)
-        .where(col(Judgment.id) == judgment_id, col(Judgment.status) == JudgmentStatus.running)
-        .values(status=JudgmentStatus.queued, claim_token=None)
-    )
-    return affected(result) == 1

@@ -98,6 +98,8 @@ def archive_and_requeue(*, session: Session, judgment_id: int, reason: str, run_
             finished_at=None,
             error=None,
             error_code=None,
+            queue="bulk",  # re-scoring sends its chunks there
+            queued_at=utcnow(),
         )
     )
     return True

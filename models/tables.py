@@ -202,8 +202,15 @@ class Judgment(SQLModel, table=True):
     invalid_reason: str | None = Field(default=None, max_length=64)
     error_code: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_type=sa.Text)
-    attempts: int = 0
+    attempts: int = 0  # runs started (claims); with transient_failures, the crash-loop guard
     claim_token: str | None = Field(default=None, max_length=200)  # who runs it now (Celery task id)
+    claimed_by: str | None = Field(default=None, max_length=200)  # the worker process holding the claim
+    heartbeat_at: datetime | None = _ts(nullable=True)  # renewed by the holder while it runs the row
+    queue: str | None = Field(default=None, max_length=64)  # where its messages go (judge, bulk, ...)
+    queued_at: datetime | None = _ts(nullable=True)  # when it last became queued (message sent)
+    retry_at: datetime | None = _ts(nullable=True)  # waiting: when it is due again
+    waiting_since: datetime | None = _ts(nullable=True)  # start of the current run of transient errors
+    transient_failures: int = 0  # runs that ended in a transient error, in the current streak
     flagged_at: datetime | None = _ts(nullable=True)  # a person asked for it to be judged again
     timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     usage: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -224,6 +231,18 @@ class DimensionScore(SQLModel, table=True):
     score_a: float
     score_b: float
     reason: str = Field(default="", sa_type=sa.Text)
+
+
+class ReconcileState(SQLModel, table=True):
+    """The sweeper's one row: who sweeps now (a lease, so one worker sweeps at a time), when the last
+    sweep ended, and the broker epoch whose sentinel message proves the broker kept its messages."""
+
+    __tablename__ = "reconcile_state"
+    id: int = Field(default=1, primary_key=True)
+    holder: str | None = Field(default=None, max_length=200)
+    locked_until: datetime | None = _ts(nullable=True)
+    last_run_at: datetime | None = _ts(nullable=True)
+    broker_epoch: str | None = Field(default=None, max_length=64)
 
 
 class JudgmentHistory(SQLModel, table=True):

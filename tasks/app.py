@@ -52,7 +52,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # read by our task classes when a transient error is retried (not fixed at import time)
         "pigreward_max_retries": settings.max_retries,
         "beat_schedule": {
-            "reconcile-stale-judgments": {"task": "pigreward.reconcile", "schedule": 900.0},
             "nightly-rescore": {
                 "task": "pigreward.rescore_stale",
                 "schedule": crontab(hour=settings.rescore_hour, minute=settings.rescore_minute),

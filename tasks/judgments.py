@@ -19,14 +19,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
 
 from core.enums import JudgmentStatus
-from core.errors import PigrewardError, TransientError
+from core.errors import DatabaseUnavailable, PigrewardError, TransientError
 from core.settings import get_settings
+from models.claims import release_judgment, reserve_judgments
 from models.db import session_scope
-from models.judgments import release_judgment, stale_judgments
 from tasks.app import app
+from tasks.recovery import sweep_once
 from tasks.runtime import get_resources
 from tasks.submit import judgment_spec, send_judgments, submit_judgment
-from workers.pipeline import Resources, record_failure, run_judgment
+from workers.pipeline import Resources, database_errors, record_failure, run_judgment
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,15 @@ class JudgeTask(LedgerTask):
         return submit_judgment(spec, **send_options)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """Retries exhausted (or an unexpected error): the reason goes on the ledger row."""
+        """An unexpected error escaped the run: the reason goes on the ledger row, if it can be written.
+
+        Never raises: bookkeeping that cannot reach the database must not hold the worker's slot; the
+        row is then found again by the sweeper (its claim stops being renewed).
+        """
         judgment_id = (kwargs or {}).get("judgment_id")
-        if judgment_id is not None:
+        if judgment_id is None:
+            return
+        try:
             record_failure(
                 db=get_resources().db,
                 judgment_id=judgment_id,
@@ -117,47 +124,85 @@ class JudgeTask(LedgerTask):
                 message=f"{type(exc).__name__}: {exc}",
                 token=task_id,
             )
+        except Exception as bookkeeping:  # noqa: BLE001
+            log.warning(
+                "judgment %s: its failure could not be recorded (%s); the sweeper will retry it",
+                judgment_id,
+                bookkeeping,
+            )
 
 
 @app.task(bind=True, base=JudgeTask, name="pigreward.judge")
 def judge(self: JudgeTask, judgment_id: int) -> dict[str, Any]:
-    """Judge which of two images the user prefers; returns the ledger summary."""
-    return run_judgment(res=get_resources(), judgment_id=judgment_id, token=self.claim_token()).model_dump()
+    """Judge which of two images the user prefers; returns the ledger summary (`waiting` on transient trouble)."""
+    res = get_resources()
+    try:
+        return run_judgment(res=res, judgment_id=judgment_id, token=self.claim_token()).model_dump()
+    except DatabaseUnavailable as exc:
+        return _unrecorded(res, judgment_id, exc)
+
+
+def _unrecorded(res: Resources, judgment_id: int, exc: DatabaseUnavailable) -> dict[str, Any]:
+    """The database could not be reached: the message is let go (the slot too) and the row stays as
+    it was, to be sent again by the sweeper once the database answers."""
+    res.outages.fault(exc)
+    log.warning(
+        "judgment %s: %s; its row stays as it is and is sent again once the database answers",
+        judgment_id,
+        exc.message,
+    )
+    return {"judgment_id": judgment_id, "status": "unknown", "error_code": exc.code, "error": exc.message}
 
 
 @app.task(bind=True, name="pigreward.judge_chunk", max_retries=0)
 def judge_chunk(self: Task[Any, Any], judgment_ids: list[int]) -> dict[str, int]:
     """The bulk form: many ledger rows in one message, run `chunk_concurrency` at a time.
 
-    The fan-out keeps an LVLM server busy (SGLang batches whatever is in flight). One bad row never
-    stops the chunk: permanent errors are recorded by the pipeline; a row that hits a transient error
-    is released and re-sent as its own `judge` message, and so are rows not started when the soft time
-    limit strikes. Returns counts by the status each row was left in (re-sent rows are `queued`).
+    The chunk first claims all its rows (so a worker that dies mid-chunk leaves rows the sweeper finds
+    by their silent claims), then fans out: the fan-out keeps an LVLM server busy (SGLang batches
+    whatever is in flight). One bad row never stops the chunk: permanent errors are recorded, transient
+    ones make their row wait. Rows still unstarted when the soft time limit strikes are released and
+    re-sent. Returns counts by the status each row was left in.
     """
     res = get_resources()
+    token = self.request.id or f"chunk-{uuid.uuid4()}"
+    try:
+        with database_errors(), session_scope(res.db) as session:
+            mine = reserve_judgments(
+                session=session,
+                judgment_ids=judgment_ids,
+                token=token,
+                lease_s=res.lease_s,
+                worker=res.claims.worker,
+            )
+    except DatabaseUnavailable as exc:
+        _unrecorded(res, judgment_ids[0] if judgment_ids else 0, exc)
+        return {"unknown": len(judgment_ids)}
+    res.claims.add(mine)
 
-    def one(judgment_id: int) -> JudgmentStatus:
-        token = f"{self.request.id}:{judgment_id}"
+    def one(judgment_id: int) -> str:
         try:
-            return run_judgment(res=res, judgment_id=judgment_id, token=token).status
-        except TransientError as exc:
-            log.warning("judgment %s: %s; re-sent on its own", judgment_id, exc)
-            _resend(res, [judgment_id], token)
-            return JudgmentStatus.queued
+            return str(run_judgment(res=res, judgment_id=judgment_id, token=token).status)
+        except DatabaseUnavailable as exc:
+            return str(_unrecorded(res, judgment_id, exc)["status"])
         except Exception:  # recorded as failed by the pipeline; the rest of the chunk goes on
             return JudgmentStatus.failed
+        finally:
+            res.claims.discard(judgment_id)
 
     counts: dict[str, int] = {}
-    workers = max(1, min(get_settings().chunk_concurrency, len(judgment_ids)))
+    if len(mine) < len(judgment_ids):
+        counts["skipped"] = len(judgment_ids) - len(mine)
+    workers = max(1, min(get_settings().chunk_concurrency, len(mine)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk")
-    futures = {pool.submit(one, jid): jid for jid in judgment_ids}
+    futures = {pool.submit(one, jid): jid for jid in mine}
     try:
         for future in as_completed(futures):
             status = future.result()
             counts[status] = counts.get(status, 0) + 1
     except SoftTimeLimitExceeded:
         not_started = [jid for f, jid in futures.items() if f.cancel()]
-        _resend(res, not_started, None)
+        _release(res, not_started, token)
         counts[JudgmentStatus.queued] = counts.get(JudgmentStatus.queued, 0) + len(not_started)
         log.warning("chunk %s: soft time limit, %d judgments re-sent", self.request.id, len(not_started))
     finally:
@@ -165,30 +210,17 @@ def judge_chunk(self: Task[Any, Any], judgment_ids: list[int]) -> dict[str, int]
     return counts
 
 
-def _resend(res: Resources, judgment_ids: Sequence[int], token: str | None) -> None:
-    """Give claimed rows back to the queue, then send each its own message (after a short pause)."""
-    if token is not None:
-        for judgment_id in judgment_ids:
-            with session_scope(res.db) as session:
-                release_judgment(session=session, judgment_id=judgment_id, token=token)
-    send_judgments(judgment_ids, countdown=2)
+def _release(res: Resources, judgment_ids: Sequence[int], token: str) -> None:
+    """Give claimed rows back to the queue, then send each its own message."""
+    for judgment_id in judgment_ids:
+        with session_scope(res.db) as session:
+            release_judgment(session=session, judgment_id=judgment_id, token=token)
+        res.claims.discard(judgment_id)
+    send_judgments(judgment_ids)
 
 
 @app.task(bind=True, name="pigreward.reconcile", max_retries=0)
-def reconcile(self: Task[Any, Any], queued_for_s: float | None = None) -> dict[str, int]:
-    """Re-send judgments whose message may be lost (queued too long, or running past the lease).
-
-    Duplicates are harmless: a claim lets only one message run a row. Scheduled by beat.
-    """
-    settings = get_settings()
-    res = get_resources()
-    with session_scope(res.db) as session:
-        ids = stale_judgments(
-            session=session,
-            queued_for_s=settings.visibility_timeout_s if queued_for_s is None else queued_for_s,
-            lease_s=res.lease_s,
-        )
-    send_judgments(ids)
-    if ids:
-        log.warning("reconcile: re-sent %d stale judgments", len(ids))
-    return {"resent": len(ids)}
+def reconcile(self: Task[Any, Any]) -> dict[str, Any]:
+    """One sweep now (workers sweep on their own every `reconcile_interval_s`; this is for operators)."""
+    report = sweep_once()
+    return {"resent": report.total, "by_reason": report.resent, "skipped": report.skipped}

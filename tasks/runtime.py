@@ -1,4 +1,5 @@
-"""What one process holds for tasks: its database engine, and for workers the `Resources` of the work.
+"""What one process holds for tasks: its database engine, and for workers the `Resources` of the work
+(with the heartbeat that keeps the claims it runs alive).
 
 Celery creates one task object per process; the database pool, the S3 client and the backends are
 made lazily here, on first use, and reused, never at import time (so forking pools and the CLI stay
@@ -17,13 +18,17 @@ from core.settings import get_settings
 from models.db import make_engine
 from tasks import metrics
 from tasks.config import backend_config, image_loader
+from tasks.loops import Loop
 from workers.backends import Backend, create_backend
-from workers.pipeline import Resources
+from workers.claims import renew
+from workers.pipeline import Resources, database_errors
+from workers.recovery import Backoff
 
 _lock = threading.Lock()
 _db: Engine | None = None
 _resources: Resources | None = None
 _backends: dict[str, Backend] = {}  # by 'name/protocol'
+_heartbeat: Loop | None = None
 
 
 def get_db() -> Engine:
@@ -55,11 +60,27 @@ def get_resources() -> Resources:
                 db=db,
                 loader=image_loader(settings),
                 backend_for=backend_for,
-                lease_s=settings.visibility_timeout_s,
+                lease_s=settings.claim_lease_s,
                 max_attempts=settings.max_attempts,
+                backoff=Backoff(
+                    settings.retry_backoff_s, settings.retry_backoff_max_s, settings.retry_horizon_s
+                ),
                 events=metrics.OBSERVER,
             )
+            _start_heartbeat(_resources)
         return _resources
+
+
+def _start_heartbeat(res: Resources) -> None:
+    """This process renews the claims it runs from now on (every `claim_lease_s / 6`)."""
+    global _heartbeat
+    if _heartbeat is None or not _heartbeat.alive():
+
+        def beat() -> None:
+            with database_errors():
+                renew(res.db, res.claims)
+
+        _heartbeat = Loop("claims heartbeat", lambda: get_settings().claim_lease_s / 6, beat).start()
 
 
 @worker_process_init.connect

@@ -75,17 +75,25 @@ def send_judgments(
     ]
 
 
-def commit_judgments(specs: Sequence[JudgmentSpec], *, session: Session | None = None) -> list[int]:
+def queue_for(chunk_size: int, queue: str | None = None) -> str:
+    """Where the messages of a submission go: the caller's queue, or `bulk` for chunks, `judge` for one."""
+    return queue or ("bulk" if chunk_size > 1 else "judge")
+
+
+def commit_judgments(
+    specs: Sequence[JudgmentSpec], *, session: Session | None = None, queue: str | None = None
+) -> list[int]:
     """The first half of a submit: rows recorded (idempotent) and committed; their ids, in order.
 
     On its own only for callers that run the rows themselves (`pigreward judge`); everyone else sends.
+    `queue` is where their messages go (the sweeper looks there for them).
     """
     if session is not None:
-        ids = record_judgments(session=session, specs=specs)
+        ids = record_judgments(session=session, specs=specs, queue=queue)
         session.commit()
         return ids
     with session_scope(get_db()) as own:
-        return record_judgments(session=own, specs=specs)
+        return record_judgments(session=own, specs=specs, queue=queue)
 
 
 def submit_judgments(
@@ -100,7 +108,7 @@ def submit_judgments(
     With `session` the rows are written (and committed) in the caller's transaction; otherwise in a
     new one on this process's database.
     """
-    ids = commit_judgments(specs, session=session)
+    ids = commit_judgments(specs, session=session, queue=queue_for(chunk_size, send_options.get("queue")))
     send_judgments(ids, chunk_size=chunk_size, **send_options)
     return ids
 
@@ -109,7 +117,7 @@ def submit_judgment(
     spec: JudgmentSpec, *, session: Session | None = None, **send_options: Any
 ) -> AsyncResult[Any]:
     """One judgment: its row, then its message; the message's result (`.get()` gives the summary)."""
-    [judgment_id] = commit_judgments([spec], session=session)
+    [judgment_id] = commit_judgments([spec], session=session, queue=queue_for(1, send_options.get("queue")))
     [message] = send_judgments([judgment_id], **send_options)
     return message
 
@@ -126,7 +134,7 @@ def submit_batch(
     """A batch and its ledger rows in one transaction, then chunk messages on `bulk`: (batch id, ids)."""
 
     def record(s: Session) -> tuple[int, list[int]]:
-        batch, ids = record_batch(session=s, tenant=tenant, name=name, specs=specs, kind=kind)
+        batch, ids = record_batch(session=s, tenant=tenant, name=name, specs=specs, kind=kind, queue="bulk")
         assert batch.id is not None
         return batch.id, ids
 

@@ -1,10 +1,12 @@
 """The judging pipeline, callable without Celery: load → normalize → backend → parse → persist.
 
 Tasks, the CLI, tests and benchmarks call these functions with the pieces a worker process holds
-(`Resources`). Bad input raises a `PermanentError` that is recorded on the row as `rejected`;
-transient errors propagate so the caller can retry; anything else is recorded as `failed` and
-re-raised. A run holds a claim on its row (`claim_judgment`), so duplicate messages for the same
-judgment never run it twice at once, and a result whose claim was lost is dropped.
+(`Resources`). Bad input raises a `PermanentError` that is recorded on the row as `rejected`; a
+transient error (store, database, model server) makes the row wait and be retried with backoff
+(`park=True`, the queue's way) or propagates (`park=False`, for callers that retry themselves);
+anything else is recorded as `failed` and re-raised. A run holds a claim on its row
+(`claim_judgment`), renewed by the process's heartbeat, so duplicate messages for the same judgment
+never run it twice at once, and a result whose claim was lost is dropped.
 """
 
 from __future__ import annotations
@@ -30,26 +32,22 @@ from core.errors import (
     TransientError,
     UnknownUser,
 )
+from models.claims import ClaimLost, claim_judgment, close_with_error, park_judgment
 from models.contexts import find_context, save_context
 from models.db import session_scope
 from models.images import upsert_image
-from models.judgments import (
-    ClaimLost,
-    DimensionRecord,
-    VerdictRecord,
-    claim_judgment,
-    close_with_error,
-    finish_judgment,
-    get_judgment,
-)
+from models.judgments import DimensionRecord, VerdictRecord, finish_judgment, get_judgment
 from models.references import list_references
 from models.tables import EndUser, Judgment, UserContext, id_of
 from models.tenants import find_tenant, tenant_name
 from models.upsert import natural_key
 from models.users import find_user
 from workers.backends.base import Backend
+from workers.claims import ActiveClaims
 from workers.imaging import ImageLoader, NormalizedImage
+from workers.outages import Outages
 from workers.position import PairVerdict, judge_pair
+from workers.recovery import Backoff
 from workers.schemas import ContextData, ReferenceExample
 
 log = logging.getLogger(__name__)
@@ -88,8 +86,11 @@ class Resources:
     db: Engine  # the ledger database
     loader: ImageLoader
     backend_for: Callable[[str, str | None], Backend]  # (backend name, protocol or None)
-    lease_s: float = 3600.0  # a claim older than this is presumed dead (its worker crashed)
-    max_attempts: int = 8  # claims of one row before it is failed (crash-loop guard)
+    lease_s: float = 60.0  # a claim not renewed for this long is presumed dead (its worker died)
+    max_attempts: int = 8  # runs of one row that end without a word before it is failed (crash loops)
+    backoff: Backoff = field(default_factory=Backoff)
+    claims: ActiveClaims = field(default_factory=ActiveClaims)
+    outages: Outages = field(default_factory=Outages)
     events: PipelineEvents = field(default_factory=PipelineEvents)
     # image row ids by content sha256, filled once a row is committed: image rows are never deleted
     # or re-keyed, so a known id stays valid and a judgment of known images skips the upserts
@@ -173,8 +174,12 @@ def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[U
     return row, ContextData(rationales=row.rationales, payload=row.payload)
 
 
-def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSummary:
-    """Run one ledger row to a terminal status under claim `token` (or raise TransientError to retry)."""
+def run_judgment(*, res: Resources, judgment_id: int, token: str, park: bool = True) -> JudgmentSummary:
+    """Run one ledger row under claim `token` until it is done, invalid, rejected or (`park`) waiting.
+
+    Raises `DatabaseUnavailable` when the database cannot be reached to take the claim or to write the
+    outcome: the row then stays as it was and the sweeper sends it again once the database is back.
+    """
     with database_errors(), session_scope(res.db) as session:
         row = claim_judgment(
             session=session,
@@ -182,6 +187,7 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
             token=token,
             lease_s=res.lease_s,
             max_attempts=res.max_attempts,
+            worker=res.claims.worker,
         )
         if row is None:
             existing = get_judgment(session=session, judgment_id=judgment_id)
@@ -189,6 +195,20 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
                 raise LookupError(f"judgment {judgment_id} is not in the ledger")
             return _summary(existing, skipped=True)
         job = row.model_copy()
+    res.claims.add([judgment_id])
+    try:
+        return _run(res, job, token)
+    except TransientError as exc:
+        if not park:
+            raise
+        return _park(res, job, token, exc)
+    finally:
+        res.claims.discard(judgment_id)
+
+
+def _run(res: Resources, job: Judgment, token: str) -> JudgmentSummary:
+    """The claimed run: judge and store the verdict, or record why not (transient errors propagate)."""
+    judgment_id = id_of(job)
     try:
         record = _judge(res, job)
         try:
@@ -199,14 +219,16 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
             raise DatabaseUnavailable(
                 f"verdict refers to rows that are gone, ids forgotten: {exc.orig}"
             ) from exc
+        res.outages.recovered()
         _report(res, job, record.status, record=record)
         return JudgmentSummary(judgment_id=judgment_id, status=record.status, winner=record.winner)
     except ClaimLost as exc:
         log.warning("judgment %s: result dropped, %s", judgment_id, exc)
-        with session_scope(res.db) as session:
+        with database_errors(), session_scope(res.db) as session:
             return _summary(get_judgment(session=session, judgment_id=judgment_id), skipped=True)
     except PermanentError as exc:
         _close(res.db, judgment_id, JudgmentStatus.rejected, exc.code, exc.message, token)
+        res.outages.recovered()
         _report(res, job, JudgmentStatus.rejected, error_code=exc.code)
         return JudgmentSummary(
             judgment_id=judgment_id, status=JudgmentStatus.rejected, error_code=exc.code, error=exc.message
@@ -225,6 +247,45 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str) -> JudgmentSum
         )
         _report(res, job, JudgmentStatus.failed, error_code="internal_error")
         raise
+
+
+def _park(res: Resources, job: Judgment, token: str, exc: TransientError) -> JudgmentSummary:
+    """A transient error: the row waits and is sent again after a backoff (or fails past the horizon)."""
+    judgment_id = id_of(job)
+    res.outages.fault(exc)
+    failures = job.transient_failures + 1
+    delay = res.backoff.delay(failures)
+    try:
+        with database_errors(), session_scope(res.db) as session:
+            status = park_judgment(
+                session=session,
+                judgment_id=judgment_id,
+                token=token,
+                code=exc.code,
+                message=exc.message,
+                retry_in_s=delay,
+                horizon_s=res.backoff.horizon_s,
+            )
+    except DatabaseUnavailable as db_exc:
+        raise DatabaseUnavailable(
+            f"{exc.message}; and the database could not record it: {db_exc.message}"
+        ) from exc
+    if status is None:  # someone else took the row meanwhile: theirs is the outcome
+        return JudgmentSummary(judgment_id=judgment_id, status=JudgmentStatus.running, skipped=True)
+    if status == JudgmentStatus.failed:
+        log.warning(
+            "judgment %s: %s; transient errors outlasted the retry horizon: failed", judgment_id, exc.message
+        )
+        _report(res, job, JudgmentStatus.failed, error_code=exc.code)
+    else:
+        log.warning(
+            "judgment %s: %s; waiting, next try in %.0f s (transient failure %d)",
+            judgment_id,
+            exc.message,
+            delay,
+            failures,
+        )
+    return JudgmentSummary(judgment_id=judgment_id, status=status, error_code=exc.code, error=exc.message)
 
 
 def _report(
@@ -343,7 +404,7 @@ def record_failure(*, db: Engine, judgment_id: int, code: str, message: str, tok
 def _close(
     db: Engine, judgment_id: int, status: JudgmentStatus, code: str, message: str, token: str | None
 ) -> bool:
-    with session_scope(db) as session:
+    with database_errors(), session_scope(db) as session:
         return close_with_error(
             session=session, judgment_id=judgment_id, status=status, code=code, message=message, token=token
         )

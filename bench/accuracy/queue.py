@@ -41,8 +41,9 @@ from bench.accuracy.specs import BackendSpec
 from core.enums import JudgmentStatus
 from core.errors import PigrewardError
 from models.batches import create_batch
+from models.claims import release_claim
 from models.db import session_scope
-from models.judgments import JudgmentSpec, judgments_by_ids, judgments_by_keys, release_claim
+from models.judgments import JudgmentSpec, judgments_by_ids, judgments_by_keys
 from models.references import add_reference, list_references
 from models.rescoring import archive_and_requeue
 from models.tables import Judgment, UserContext, id_of

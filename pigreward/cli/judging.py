@@ -11,8 +11,9 @@ import click
 
 from core.enums import JudgmentStatus
 from core.errors import TransientError
+from models.claims import release_judgment
 from models.db import session_scope
-from models.judgments import dimensions_of, get_judgment, release_judgment
+from models.judgments import dimensions_of, get_judgment
 from models.tables import DimensionScore, Judgment
 from pigreward.cli.common import BACKEND_CHOICES, PROTOCOL_CHOICES, as_uri, migrated_db
 from tasks.runtime import get_resources
@@ -58,7 +59,7 @@ def judge(
     [judgment_id] = commit_judgments([spec])
     token = f"cli-{uuid.uuid4()}"
     try:
-        run_judgment(res=res, judgment_id=judgment_id, token=token)
+        run_judgment(res=res, judgment_id=judgment_id, token=token, park=False)
     except TransientError as exc:
         with session_scope(db) as session:
             release_judgment(session=session, judgment_id=judgment_id, token=token)

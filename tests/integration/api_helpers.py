@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
 import api.main
+from core.enums import TERMINAL_STATUSES
 from models.db import session_scope
 from models.keys import create_key, revoke_key
 from models.tables import BatchItem, DimensionScore, EndUser, Judgment, ReferencePair, Tenant, UserContext
@@ -111,11 +112,11 @@ def wait_batch(api_: Api, batch_id: int, timeout: float = 180) -> dict[str, Any]
 
 
 def wait_judgment(api_: Api, judgment_id: int, timeout: float = 90) -> dict[str, Any]:
-    """GET /v1/judgments/{id} until it leaves queued/running; the final judgment."""
+    """GET /v1/judgments/{id} until it reaches a terminal status; the final judgment."""
 
     def terminal() -> dict[str, Any] | None:
         row = api_.ok("GET", f"/v1/judgments/{judgment_id}")
-        return row if row["status"] not in ("queued", "running") else None
+        return row if row["status"] in TERMINAL_STATUSES else None
 
     return wait_for(terminal, timeout, f"judgment {judgment_id} finished")
 

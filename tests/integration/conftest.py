@@ -56,6 +56,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 data_dir=tmp / "data",
             ),
             "PIGREWARD_MAX_IMAGE_PIXELS": str(40_000_000),
+            # recovery at test speed (the fault suite, `pigreward bench faults`, uses the shipped values)
+            "PIGREWARD_RECONCILE_INTERVAL_S": "2",
+            "PIGREWARD_CLAIM_LEASE_S": "10",
+            "PIGREWARD_RETRY_BACKOFF_S": "0.5",
+            "PIGREWARD_RETRY_BACKOFF_MAX_S": "2",
         }
         with services.configured(env):
             st = Stack(env, database_url, redis_url, s3_endpoint, image_root, tmp / "worker.log")

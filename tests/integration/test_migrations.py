@@ -19,11 +19,12 @@ TABLES = {
     "judgment",
     "dimension_score",
     "batch",
+    "reconcile_state",
 }
 
 
 def _roundtrip(url: str) -> None:
-    assert upgrade(url) == "0003"
+    assert upgrade(url) == "0004"
     engine = make_engine(url)
     assert set(sa.inspect(engine).get_table_names()) >= TABLES
     engine.dispose()
@@ -32,7 +33,7 @@ def _roundtrip(url: str) -> None:
     engine = make_engine(url)
     assert not TABLES & set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert upgrade(url) == "0003"
+    assert upgrade(url) == "0004"
 
 
 def test_migrations_roundtrip_on_postgres() -> None:

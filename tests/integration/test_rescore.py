@@ -120,14 +120,11 @@ def test_a_crashed_run_resumes_where_it_stopped(stack, judged) -> None:  # type:
     with session_scope(_engine()) as session:
         run = session.exec(select(RescoreRun).where(RescoreRun.run_key == "test-crash")).one()
         assert run.status == "running"
-    # the second chunk's rows were archived and re-queued before the send failed: reconcile would
-    # re-send them; here the resumed run's own pass must not archive anything twice
+    # the second chunk's rows were archived and re-queued before the send failed: the workers' sweeper
+    # re-sends them (queued, their queue empty); the resumed run's own pass must not archive them twice
     resumed = rescore_stale.delay(run_key="test-crash").get(timeout=120)
     assert resumed["requeued"] == 6 and not resumed["already_done"]
     rescued = [jid for jid in ids if jid not in sent[0]]
-    from tasks import reconcile
-
-    reconcile.delay(queued_for_s=0).get(timeout=60)
     assert wait_for_judgments(_engine(), ids, progress=False, timeout_s=120) == {"done": 6}
     after = _history_counts(ids)
     assert all(after[jid] == before[jid] + 1 for jid in ids), (before, after, rescued)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
 from core.enums import JudgmentStatus
-from models import batches, judgments
+from models import batches, claims, judgments, recovery
 from models.db import current_revision, make_engine, session_scope, upgrade
 from models.judgments import DimensionRecord, JudgmentSpec, VerdictRecord
-from models.tables import DimensionScore, Judgment, Tenant
+from models.tables import DimensionScore, Judgment, Tenant, utcnow
 from models.tenants import ensure_tenant
 from models.users import ensure_user
 
@@ -194,7 +195,7 @@ def test_known_user_is_linked(engine: Engine) -> None:
 def test_resend_requeues_rejected_and_failed(engine: Engine, status: JudgmentStatus) -> None:
     [jid] = record(engine, spec())
     with session_scope(engine) as s:
-        judgments.close_with_error(
+        claims.close_with_error(
             session=s, judgment_id=jid, status=status, code="image_not_found", message="gone"
         )
     r = row(engine, jid)
@@ -229,7 +230,7 @@ def test_resend_requeues_only_the_resent_rows(engine: Engine) -> None:
 
 
 def claim(s, jid: int, token: str = "t1", lease_s: float = 3600, max_attempts: int = 8):  # type: ignore[no-untyped-def]
-    return judgments.claim_judgment(
+    return claims.claim_judgment(
         session=s, judgment_id=jid, token=token, lease_s=lease_s, max_attempts=max_attempts
     )
 
@@ -252,12 +253,12 @@ def test_an_expired_claim_is_taken_over_and_the_old_holder_cannot_write(engine: 
         assert claim(s, jid, "dead-worker") is not None
     with session_scope(engine) as s:
         assert claim(s, jid, "new-worker", lease_s=0) is not None
-    with session_scope(engine) as s, pytest.raises(judgments.ClaimLost):
+    with session_scope(engine) as s, pytest.raises(claims.ClaimLost):
         judgments.finish_judgment(
             session=s, judgment_id=jid, verdict=verdict(("x", 1, 2)), token="dead-worker"
         )
     with session_scope(engine) as s:
-        assert not judgments.close_with_error(
+        assert not claims.close_with_error(
             session=s,
             judgment_id=jid,
             status=JudgmentStatus.failed,
@@ -289,21 +290,24 @@ def test_release_puts_the_row_back_for_another_message(engine: Engine) -> None:
     with session_scope(engine) as s:
         assert claim(s, jid, "a") is not None
     with session_scope(engine) as s:
-        assert not judgments.release_judgment(session=s, judgment_id=jid, token="b")
-        assert judgments.release_judgment(session=s, judgment_id=jid, token="a")
+        assert not claims.release_judgment(session=s, judgment_id=jid, token="b")
+        assert claims.release_judgment(session=s, judgment_id=jid, token="a")
     assert row(engine, jid).status == JudgmentStatus.queued
     with session_scope(engine) as s:
         assert claim(s, jid, "b") is not None
 
 
-def test_stale_judgments_finds_lost_messages_only(engine: Engine) -> None:
+def test_the_sweeper_finds_old_queued_rows_and_silent_claims_only(engine: Engine) -> None:
     a, b, c = record(engine, spec(prompt="a"), spec(prompt="b"), spec(prompt="c"))
     with session_scope(engine) as s:
         claim(s, b, "running")
         judgments.finish_judgment(session=s, judgment_id=c, verdict=verdict(("x", 1, 2)))
+    past, future = utcnow() - timedelta(hours=1), utcnow() + timedelta(seconds=1)
     with session_scope(engine) as s:
-        assert judgments.stale_judgments(session=s, queued_for_s=3600, lease_s=3600) == []
-        assert sorted(judgments.stale_judgments(session=s, queued_for_s=-1, lease_s=-1)) == sorted([a, b])
+        assert recovery.queued_before(session=s, before=past) == []
+        assert recovery.abandoned(session=s, lease_s=3600) == []
+        assert recovery.queued_before(session=s, before=future) == [a]
+        assert recovery.abandoned(session=s, lease_s=-1) == [b]
 
 
 def test_start_marks_running_and_counts_attempts(engine: Engine) -> None:
@@ -462,7 +466,7 @@ def test_finish_is_atomic_with_the_session(engine: Engine) -> None:
 
 def test_close_with_error_of_an_unknown_row_is_false_and_writes_nothing(engine: Engine) -> None:
     with session_scope(engine) as s:
-        closed = judgments.close_with_error(
+        closed = claims.close_with_error(
             session=s, judgment_id=12345, status=JudgmentStatus.failed, code="x", message="y"
         )
     assert closed is False
@@ -483,11 +487,11 @@ def test_status_counts(engine: Engine) -> None:
     loose = record(engine, *(spec(prompt=f"l{i}") for i in range(4)))
     with session_scope(engine) as s:
         judgments.finish_judgment(session=s, judgment_id=in_batch[0], verdict=verdict(("a", 1, 2)))
-        judgments.close_with_error(
+        claims.close_with_error(
             session=s, judgment_id=in_batch[1], status=JudgmentStatus.rejected, code="c", message="m"
         )
         claim(s, loose[0])
-        judgments.close_with_error(
+        claims.close_with_error(
             session=s, judgment_id=loose[1], status=JudgmentStatus.failed, code="c", message="m"
         )
     with session_scope(engine) as s:

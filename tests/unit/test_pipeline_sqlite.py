@@ -120,10 +120,14 @@ def test_image_ids_are_cached_and_a_stale_id_is_forgotten_and_retried(res: Resou
     assert set(res.image_ids.values()) == {row.image_a_id, row.image_b_id}  # type: ignore[union-attr]
     sha_a = next(sha for sha, i in res.image_ids.items() if i == row.image_a_id)  # type: ignore[union-attr]
     res.image_ids[sha_a] = 987_654  # as if the database had been replaced under the worker
-    with pytest.raises(TransientError):
-        run_judgment(res=res, judgment_id=jids[1], token="t2")
+    with pytest.raises(TransientError):  # a caller that retries itself sees the error
+        run_judgment(res=res, judgment_id=jids[1], token="t2", park=False)
     assert res.image_ids == {}  # forgotten: the retry looks the rows up again
-    summary = run_judgment(res=res, judgment_id=jids[1], token="t2")
+    res.image_ids[sha_a] = 987_654
+    parked = run_judgment(res=res, judgment_id=jids[1], token="t2")  # redelivered, the queue's way: it waits
+    assert parked.status == "waiting" and parked.error_code == "database_unavailable"
+    assert res.image_ids == {}
+    summary = run_judgment(res=res, judgment_id=jids[1], token="t4")
     assert summary.status == "done"
     with session_scope(res.db) as session:
         again = get_judgment(session=session, judgment_id=jids[1])

@@ -136,7 +136,7 @@ class _Optimization:
 
         def run(judgment_id: int) -> tuple[int, Winner | None]:
             summary = run_judgment(
-                res=self.res, judgment_id=judgment_id, token=f"opt-{self.run_id}-{judgment_id}"
+                res=self.res, judgment_id=judgment_id, token=f"opt-{self.run_id}-{judgment_id}", park=False
             )
             return judgment_id, summary.winner if summary.status == JudgmentStatus.done else None
 

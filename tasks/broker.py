@@ -1,0 +1,62 @@
+"""What the sweeper asks the broker, over Celery's own connection: the same on Redis and RabbitMQ.
+
+Queue depths come from a passive queue declaration (messages ready, not those delivered to workers);
+the sentinel is one persistent message in a durable queue that no worker consumes, so it is there
+exactly as long as the broker kept its messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+from kombu.exceptions import ChannelError
+
+from tasks.submit import send_judgments
+
+log = logging.getLogger(__name__)
+
+SENTINEL_QUEUE = "pigreward.sentinel"
+BULK_CHUNK = 50
+"""Rows per `judge_chunk` message when re-sending to the `bulk` queue."""
+
+
+class CeleryBroker:
+    """The `workers.recovery.Broker` of a Celery app."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def depth(self, queue: str) -> int:
+        with self.app.connection_for_read() as conn:
+            channel: Any = conn.channel()  # the transport's channel: kombu types it as the bare base
+            try:
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except ChannelError:  # no such queue: nothing waits in it
+                return 0
+            finally:
+                try:
+                    channel.close()
+                except Exception:  # noqa: BLE001 - RabbitMQ closed it after the 404 already
+                    log.debug("channel already closed")
+
+    def sentinel_present(self) -> bool:
+        return self.depth(SENTINEL_QUEUE) > 0
+
+    def plant_sentinel(self, epoch: str) -> None:
+        queue = Queue(SENTINEL_QUEUE, durable=True)
+        with self.app.connection_for_write() as conn:
+            conn.Producer().publish(
+                {"epoch": epoch},
+                routing_key=SENTINEL_QUEUE,
+                declare=[queue],
+                delivery_mode=2,
+                retry=True,
+            )
+
+    def send(self, queue: str, judgment_ids: Sequence[int]) -> None:
+        chunk = BULK_CHUNK if queue == "bulk" else 1
+        send_judgments(judgment_ids, chunk_size=chunk, queue=queue)
