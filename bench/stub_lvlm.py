@@ -11,12 +11,14 @@ worker against it; `script` lets a caller answer some requests differently (test
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,17 +36,62 @@ Script = Callable[[str, int, bool], "tuple[int, Any] | None"]
 answer instead, or None for the normal answer."""
 
 
+LOOP = "Score 1: 2\nScore 2: 2\n" * 40
+"""What a looping model writes until its token limit (the released checkpoint's known failure)."""
+
+
+@dataclass
+class Faults:
+    """A misbehaving server: the share of requests answered 503, held with no answer until `hang_s`
+    (or until healed), answered 200 with a proxy's error page, or with a looping model's text."""
+
+    unavailable: float = 0.0
+    hang: float = 0.0
+    garbage: float = 0.0
+    loop: float = 0.0
+    hang_s: float = 3600.0
+
+    def pick(self, roll: float, reasoner: bool) -> str | None:
+        """The fault for a uniform `roll` in [0, 1), or None (a normal answer); rationales do not loop."""
+        for kind, share in (
+            ("unavailable", self.unavailable),
+            ("hang", self.hang),
+            ("garbage", self.garbage),
+        ):
+            if roll < share:
+                return kind
+            roll -= share
+        return "loop" if not reasoner and roll < self.loop else None
+
+
 class StubState:
     """What the server saw, for the caller to read: calls per prompt, bodies, requests in flight."""
 
-    def __init__(self, delay: float, script: Script | None = None) -> None:
+    def __init__(self, delay: float, script: Script | None = None, faults: Faults | None = None) -> None:
         self.delay = delay
         self.script = script
+        self.faults = faults
+        self.rng = random.Random(0)
+        self.healed = threading.Event()
         self.lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()  # faults served, by kind
         self.bodies: list[dict[str, Any]] = []
+
+    def heal(self) -> None:
+        """The server is fixed (restarted): no more faults; requests held meanwhile are cut off."""
+        self.faults = None
+        self.healed.set()
+
+    def fault(self, reasoner: bool) -> str | None:
+        with self.lock:
+            faults = self.faults
+            kind = faults.pick(self.rng.random(), reasoner) if faults is not None else None
+            if kind:
+                self.served[kind] += 1
+            return kind
 
 
 def _read_request(body: dict[str, Any]) -> tuple[str, list[str], bool]:
@@ -116,10 +163,19 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             try:
                 time.sleep(state.delay)
                 scripted = state.script(prompt, call, reasoner) if state.script else None
+                fault = None if scripted is not None else state.fault(reasoner)
                 if scripted is not None:
                     self._send(*scripted)
+                elif fault == "unavailable":
+                    self._send(503, {"error": "overloaded"})
+                elif fault == "hang":
+                    state.healed.wait(state.faults.hang_s if state.faults else 0)
+                    self.close_connection = True  # no answer at all: the connection is simply cut
+                elif fault == "garbage":
+                    self._send(200, "<html><body>502 Bad Gateway</body></html>")
                 else:
-                    self._send(200, completion(body.get("model", ""), _answer(images, reasoner)))
+                    text = LOOP if fault == "loop" else _answer(images, reasoner)
+                    self._send(200, completion(body.get("model", ""), text))
             finally:
                 with state.lock:
                     state.in_flight -= 1
@@ -128,9 +184,11 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def stub_lvlm_server(delay: float = 0.0, script: Script | None = None) -> Iterator[tuple[str, StubState]]:
+def stub_lvlm_server(
+    delay: float = 0.0, script: Script | None = None, faults: Faults | None = None
+) -> Iterator[tuple[str, StubState]]:
     """The server on a free port for the block: (base URL, its state)."""
-    state = StubState(delay, script)
+    state = StubState(delay, script, faults)
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _handler(state))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)

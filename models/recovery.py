@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
@@ -173,10 +172,20 @@ def take_sweep(*, session: Session, holder: str, lease_s: float) -> ReconcileSta
     return session.get(ReconcileState, 1, populate_existing=True)
 
 
-def end_sweep(*, session: Session, holder: str, **values: Any) -> None:
-    """Record the sweep's end (and e.g. a new broker epoch) and give the lease back."""
-    session.execute(
-        sa.update(ReconcileState)
-        .where(col(ReconcileState.id) == 1, col(ReconcileState.holder) == holder)
-        .values(last_run_at=utcnow(), locked_until=None, **values)
-    )
+def end_sweep(*, session: Session, holder: str, broker_epoch: str, resent: dict[str, int]) -> None:
+    """Record the sweep's end (its broker epoch, what it re-sent) and give the lease back."""
+    state = session.get(ReconcileState, 1, with_for_update=session.get_bind().dialect.name == "postgresql")
+    if state is None or state.holder != holder:
+        return
+    totals = dict(state.resent)
+    for reason, n in resent.items():
+        totals[reason] = totals.get(reason, 0) + n
+    state.last_run_at, state.locked_until, state.broker_epoch = utcnow(), None, broker_epoch
+    state.sweeps += 1
+    state.resent = totals
+    session.add(state)
+
+
+def sweep_totals(*, session: Session) -> ReconcileState | None:
+    """How many sweeps ran and what they re-sent, by reason, since the database was created."""
+    return session.get(ReconcileState, 1)

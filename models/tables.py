@@ -243,6 +243,8 @@ class ReconcileState(SQLModel, table=True):
     locked_until: datetime | None = _ts(nullable=True)
     last_run_at: datetime | None = _ts(nullable=True)
     broker_epoch: str | None = Field(default=None, max_length=64)
+    sweeps: int = 0  # sweeps done so far
+    resent: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # by reason
 
 
 class JudgmentHistory(SQLModel, table=True):

@@ -46,41 +46,146 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
     raise TimeoutError(f"{what} not ready after {timeout}s (last error: {last})")
 
 
-@contextmanager
-def redis_server(tmp: Path) -> Iterator[str]:
-    """A private redis-server on a free port; yields its URL (database 0)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError(
-            "redis-server is not installed: apt-get install redis-server (or brew install redis)"
-        )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
+class BrokerServer:
+    """A private broker process that can be stopped and started again on the same port, empty."""
+
+    url: str
+    kind: str
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart_empty(self) -> None:
+        """What a broker restarted without its data does: every message it held is gone."""
+        self.stop()
+        self.start()
+
+
+class RedisServer(BrokerServer):
+    """redis-server on a free port, keeping nothing on disk (so a restart comes back empty)."""
+
+    kind = "redis"
+
+    def __init__(self, tmp: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: apt-get install redis-server (or brew install redis)"
+            )
+        self.binary, self.tmp, self.port = binary, tmp, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            self.binary,
             "--port",
-            str(port),
+            str(self.port),
             "--bind",
             "127.0.0.1",
             "--save",
             "",
             "--appendonly",
             "no",
-            "--dir",
-            str(tmp),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+        ]
+        self.proc = subprocess.Popen(
+            [*argv, "--dir", str(self.tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=port)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
         wait_until(client.ping, 10, "redis-server")
-        yield f"redis://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class RabbitServer(BrokerServer):
+    """A private RabbitMQ node (its own name, ports and data folder; no plugins): a restart wipes its data.
+
+    Started from the `rabbitmq-server` script of Debian's package (or RABBITMQ_SERVER, a path), as
+    the current user, with the guest account on localhost. The first start takes a few seconds.
+    """
+
+    kind = "rabbitmq"
+
+    def __init__(self, tmp: Path) -> None:
+        candidates = [os.environ.get("RABBITMQ_SERVER"), "/usr/lib/rabbitmq/bin/rabbitmq-server"]
+        binary = next((c for c in candidates if c and Path(c).exists()), None) or shutil.which(
+            "rabbitmq-server"
+        )
+        if binary is None:
+            raise RuntimeError("rabbitmq-server is not installed: apt-get install rabbitmq-server")
+        self.binary, self.tmp = binary, tmp
+        self.port, self.dist_port = free_port(), free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _env(self) -> dict[str, str]:
+        (self.tmp / "enabled_plugins").write_text("[].\n")
+        return {
+            **os.environ,
+            "HOME": str(self.tmp),
+            "RABBITMQ_NODENAME": f"pigreward{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.tmp / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.tmp / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.tmp / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.tmp / "rabbit.pid"),
+            "RABBITMQ_CONFIG_FILE": str(self.tmp / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.tmp / "advanced.config"),
+        }
+
+    def start(self) -> None:
+        log = (self.tmp / "rabbitmq.out").open("ab")
+        self.proc = subprocess.Popen(
+            [self.binary], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        import kombu
+
+        def connects() -> bool:
+            with kombu.Connection(self.url, connect_timeout=1) as conn:
+                conn.ensure_connection(max_retries=1)
+            return True
+
+        wait_until(
+            lambda: self.proc is not None and self.proc.poll() is None and connects(), 60, "rabbitmq-server"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the script's erlang VM and epmd helpers with it
+            self.proc.wait(10)
+        shutil.rmtree(self.tmp / "mnesia", ignore_errors=True)
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A private redis-server on a free port; yields its URL (database 0)."""
+    server = RedisServer(tmp)
+    server.start()
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
+
+
+@contextmanager
+def broker_server(kind: str, tmp: Path) -> Iterator[BrokerServer]:
+    """A private broker of `kind` (redis or rabbitmq), stopped afterwards."""
+    server: BrokerServer = RedisServer(tmp) if kind == "redis" else RabbitServer(tmp)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def postgres_admin_url() -> str:

@@ -11,6 +11,7 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from core.settings import Settings, get_settings
+from tasks import logs
 
 QUEUES = ("context", "judge", "optimize", "bulk")
 ROUTES = {
@@ -49,6 +50,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "broker_connection_retry_on_startup": True,
+        # a result backend that is briefly down (Redis restarting) is waited for, not a failed task
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 60,
+        "result_backend_max_sleep_between_retries_ms": 10_000,
         # read by our task classes when a transient error is retried (not fixed at import time)
         "pigreward_max_retries": settings.max_retries,
         "beat_schedule": {
@@ -69,3 +74,4 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+logs.install()

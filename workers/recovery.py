@@ -136,7 +136,7 @@ def sweep(*, db: Engine, broker: Broker, holder: str, config: RecoveryConfig) ->
         _resend_pages(db, broker, config, report, "abandoned", JudgmentStatus.running, _abandoned(config))
     _resend_stranded(db, broker, config, report, now)
     with session_scope(db) as session:
-        end_sweep(session=session, holder=holder, broker_epoch=epoch)
+        end_sweep(session=session, holder=holder, broker_epoch=epoch, resent=report.resent)
     if report.total:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report.resent.items()))
         log.warning("reconcile: re-sent %d judgments (%s)", report.total, reasons)

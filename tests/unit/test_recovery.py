@@ -282,7 +282,7 @@ def test_one_sweeper_at_a_time(db: Engine) -> None:
     report = sweep(db=db, broker=FakeBroker(), holder="b", config=CONFIG)
     assert report.skipped and report.total == 0
     with session_scope(db) as s:
-        recovery.end_sweep(session=s, holder="a")
+        recovery.end_sweep(session=s, holder="a", broker_epoch="e", resent={})
     assert sweep(db=db, broker=FakeBroker(), holder="b", config=CONFIG).skipped is None
 
 

@@ -36,6 +36,8 @@ def upgrade() -> None:
         sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("broker_epoch", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("sweeps", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("resent", sa.JSON(), nullable=False, server_default="{}"),
         sa.PrimaryKeyConstraint("id"),
     )
 
