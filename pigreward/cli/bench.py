@@ -154,3 +154,10 @@ def bench_feeding(args: tuple[str, ...]) -> None:
 def bench_request_shape(args: tuple[str, ...]) -> None:
     """Shared prompt prefix per user and image tokens per judgment; see --help."""
     _run_throughput("request_shape", args)
+
+
+@bench.command("faults", context_settings=_PASSTHROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_faults(args: tuple[str, ...]) -> None:
+    """Judgments through real faults (kills, outages, broker loss, a misbehaving LVLM); see --help."""
+    _run_throughput("faults", args)
