@@ -128,6 +128,7 @@ class Supervisor:
             f"--concurrency={concurrency}",
             f"--hostname=faults{i}@%h",
             "--loglevel=INFO",
+            "--without-gossip",  # as `pigreward worker` runs
         ]
         with self.log(i).open("ab") as log:
             self.procs[i] = subprocess.Popen(

@@ -83,6 +83,10 @@ class DatabaseUnavailable(TransientError):
     code = "database_unavailable"
 
 
+class BrokerUnavailable(TransientError):
+    code = "broker_unavailable"
+
+
 class BackendUnavailable(TransientError):
     code = "backend_unavailable"
 

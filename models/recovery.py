@@ -186,6 +186,15 @@ def end_sweep(*, session: Session, holder: str, broker_epoch: str, resent: dict[
     session.add(state)
 
 
+def release_sweep(*, session: Session, holder: str) -> None:
+    """Give the lease back after a failed sweep, so another worker's sweeper need not wait it out."""
+    session.execute(
+        sa.update(ReconcileState)
+        .where(col(ReconcileState.id) == 1, col(ReconcileState.holder) == holder)
+        .values(locked_until=None)
+    )
+
+
 def sweep_totals(*, session: Session) -> ReconcileState | None:
     """How many sweeps ran and what they re-sent, by reason, since the database was created."""
     return session.get(ReconcileState, 1)

@@ -8,13 +8,16 @@ exactly as long as the broker kept its messages.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Connection, Queue
 from kombu.exceptions import ChannelError
+from kombu.exceptions import OperationalError as KombuOperationalError
 
+from core.errors import BrokerUnavailable
 from tasks.submit import send_judgments
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,17 @@ BULK_CHUNK = 50
 """Rows per `judge_chunk` message when re-sending to the `bulk` queue."""
 
 
+@contextmanager
+def _reachable(conn: Connection) -> Iterator[Connection]:
+    """The transport's connection errors (redis, amqp, sockets) as one `BrokerUnavailable`."""
+    errors: tuple[type[BaseException], ...] = (KombuOperationalError, OSError, *conn.connection_errors)
+    try:
+        with conn:
+            yield conn
+    except errors as exc:
+        raise BrokerUnavailable(f"broker unreachable: {exc}") from exc
+
+
 class CeleryBroker:
     """The `workers.recovery.Broker` of a Celery app."""
 
@@ -31,7 +45,7 @@ class CeleryBroker:
         self.app = app
 
     def depth(self, queue: str) -> int:
-        with self.app.connection_for_read() as conn:
+        with _reachable(self.app.connection_for_read()) as conn:
             channel: Any = conn.channel()  # the transport's channel: kombu types it as the bare base
             try:
                 return int(channel.queue_declare(queue=queue, passive=True).message_count)
@@ -48,7 +62,7 @@ class CeleryBroker:
 
     def plant_sentinel(self, epoch: str) -> None:
         queue = Queue(SENTINEL_QUEUE, durable=True)
-        with self.app.connection_for_write() as conn:
+        with _reachable(self.app.connection_for_write()) as conn:
             conn.Producer().publish(
                 {"epoch": epoch},
                 routing_key=SENTINEL_QUEUE,

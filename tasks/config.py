@@ -34,6 +34,8 @@ def store_config(settings: Settings) -> StoreConfig:
         s3_access_key_id=settings.s3_access_key_id,
         s3_secret_access_key=secret.get_secret_value() if secret else None,
         allowed_buckets=tuple(settings.s3_allowed_buckets),
+        # every thread of every chunk may read at once; fewer pooled connections means reconnects
+        max_connections=max(10, min(512, settings.worker_concurrency * settings.chunk_concurrency)),
     )
 
 

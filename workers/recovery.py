@@ -25,6 +25,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -41,6 +42,7 @@ from models.recovery import (
     fail_expired_waiting,
     queued_before,
     queued_queues,
+    release_sweep,
     requeue,
     take_sweep,
 )
@@ -123,6 +125,24 @@ def sweep(*, db: Engine, broker: Broker, holder: str, config: RecoveryConfig) ->
             report.skipped = "another sweeper holds the lease"
             return report
         last_run, epoch = state.last_run_at, state.broker_epoch
+    try:
+        _sweep(db, broker, holder, config, report, last_run, epoch)
+    except BaseException:
+        with suppress(Exception), session_scope(db) as session:  # best effort: the lease expires anyway
+            release_sweep(session=session, holder=holder)
+        raise
+    return report
+
+
+def _sweep(
+    db: Engine,
+    broker: Broker,
+    holder: str,
+    config: RecoveryConfig,
+    report: SweepReport,
+    last_run: datetime | None,
+    epoch: str | None,
+) -> None:
     now = utcnow()
     with session_scope(db) as session:
         report.failed_past_horizon = fail_expired_waiting(session=session, horizon_s=config.horizon_s)
@@ -140,7 +160,6 @@ def sweep(*, db: Engine, broker: Broker, holder: str, config: RecoveryConfig) ->
     if report.total:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report.resent.items()))
         log.warning("reconcile: re-sent %d judgments (%s)", report.total, reasons)
-    return report
 
 
 def _swept_recently(last_run: datetime | None, now: datetime, config: RecoveryConfig) -> bool:

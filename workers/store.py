@@ -36,6 +36,7 @@ class StoreConfig:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     allowed_buckets: tuple[str, ...] = field(default_factory=tuple)
+    max_connections: int = 64  # S3 connections kept per process: at least the reads it runs at once
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -183,6 +184,7 @@ class ImageStore:
                     config=Config(
                         connect_timeout=5,
                         read_timeout=30,
+                        max_pool_connections=self.config.max_connections,
                         retries={"max_attempts": 3, "mode": "standard"},
                     ),
                 )

@@ -19,6 +19,7 @@ COMMANDS = {
     "api": "pigreward.cli.services:api_server",
     "flower": "pigreward.cli.services:flower",
     "check": "pigreward.cli.services:check",
+    "reconcile": "pigreward.cli.services:reconcile",
     "parse": "pigreward.cli.protocols:parse",
     "judge": "pigreward.cli.judging:judge",
     "refs": "pigreward.cli.users:refs",

@@ -48,6 +48,9 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str) -> No
             f"--concurrency={concurrency or settings.worker_concurrency}",
             f"--pool={pool}",
             f"--loglevel={loglevel}",
+            # gossip (worker-to-worker events) is unused, and its restart after a broker loss logs
+            # a spurious traceback (Celery 5.7); Flower works from task events and remote control
+            "--without-gossip",
         ]
     )
 
@@ -134,3 +137,25 @@ def check(backend: str | None) -> None:
     except PigrewardError as exc:
         click.echo(f"backend {name} not usable: {exc.message}", err=True)
         sys.exit(1)
+
+
+@click.command()
+def reconcile() -> None:
+    """Sweep once now: send due retries, dead workers' judgments and lost messages again.
+
+    Workers already sweep every PIGREWARD_RECONCILE_INTERVAL_S on their own; this is for operators
+    (e.g. after restoring a broker while no worker runs).
+    """
+    from tasks.recovery import sweep_once
+
+    try:
+        report = sweep_once("cli")
+    except PigrewardError as exc:
+        raise click.ClickException(f"cannot sweep: {exc}") from exc
+    if report.skipped:
+        click.echo(f"nothing done: {report.skipped}")
+        return
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report.resent.items()))
+    click.echo(f"re-sent {report.total} judgments{f' ({reasons})' if reasons else ''}")
+    if report.failed_past_horizon:
+        click.echo(f"failed {report.failed_past_horizon} waiting judgments past the retry horizon")

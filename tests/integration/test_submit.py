@@ -3,12 +3,18 @@ and lost messages are recovered from the ledger."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 from sqlmodel import select
 
 from models.db import session_scope
 from models.judgments import JudgmentSpec, record_judgments
 from models.tables import Judgment, Tenant
+from ops.stack import REPO, free_port
 from pigreward.progress import wait_for_judgments
 from tasks import app, judge, reconcile
 from tasks.runtime import get_db
@@ -76,3 +82,26 @@ def test_the_sweeper_resends_a_judgment_whose_message_was_lost(stack) -> None:  
     assert "reconcile: re-sent" in stack.worker_log.read_text()
     summary = reconcile.delay().get(timeout=60)  # an operator's sweep on demand: nothing left to send
     assert summary["resent"] == 0 or summary["skipped"]
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pigreward.cli", *args],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_pigreward_reconcile_sweeps_once_and_names_an_unreachable_broker(stack) -> None:  # type: ignore[no-untyped-def]
+    done = _cli(stack.env, "reconcile")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"(re-sent \d+ judgments.*|nothing done: another sweeper holds the lease)\n", done.stdout
+    )
+    down = _cli({**stack.env, "PIGREWARD_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}, "reconcile")
+    assert down.returncode == 1
+    assert "cannot sweep: broker unreachable" in down.stderr and "Traceback" not in down.stderr

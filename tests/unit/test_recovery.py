@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from core.enums import JudgmentStatus
-from core.errors import BackendUnavailable, StoreUnavailable
+from core.errors import BackendUnavailable, BrokerUnavailable, StoreUnavailable
 from models import claims, recovery
 from models.db import make_engine, session_scope, upgrade
 from models.judgments import JudgmentSpec, get_judgment, record_judgments
@@ -284,6 +284,21 @@ def test_one_sweeper_at_a_time(db: Engine) -> None:
     with session_scope(db) as s:
         recovery.end_sweep(session=s, holder="a", broker_epoch="e", resent={})
     assert sweep(db=db, broker=FakeBroker(), holder="b", config=CONFIG).skipped is None
+
+
+class DownBroker(FakeBroker):
+    def sentinel_present(self) -> bool:
+        raise BrokerUnavailable("broker unreachable: connection refused")
+
+    def plant_sentinel(self, epoch: str) -> None:
+        raise BrokerUnavailable("broker unreachable: connection refused")
+
+
+def test_a_failed_sweep_gives_its_lease_back(db: Engine) -> None:
+    with pytest.raises(BrokerUnavailable):
+        sweep(db=db, broker=DownBroker(), holder="a", config=CONFIG)
+    report = sweep(db=db, broker=FakeBroker(), holder="b", config=CONFIG)  # no 60-s wait for a's lease
+    assert report.skipped is None
 
 
 # -- what an operator reads -----------------------------------------------------------------------
