@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 from billiard.exceptions import WorkerLostError
+from celery.exceptions import CPendingDeprecationWarning
 
 LOST_POOL_PROCESS = (
     "a pool process died (%s): its task goes back to the queue and its judgments are taken back when "
@@ -36,7 +38,15 @@ class ExpectedFaults(logging.Filter):
 
 
 def install() -> None:
-    """Attach the filter to the logger Celery reports these faults on (idempotent)."""
+    """Attach the filter to the logger Celery reports these faults on (idempotent).
+
+    Also silences Celery's 8-line notice, on every broker connection loss, that tasks still running
+    are not cancelled: we keep them running on purpose (their claims make a redelivery a no-op, and
+    the threads pool cannot cancel anyway).
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"\s*In Celery 5.1 we introduced", category=CPendingDeprecationWarning
+    )
     logger = logging.getLogger("celery.worker.request")
     if not any(isinstance(f, ExpectedFaults) for f in logger.filters):
         logger.addFilter(ExpectedFaults())
