@@ -206,6 +206,10 @@ class ImageStore:
                 )
             data: bytes = body.read(self.config.max_bytes + 1)
             body.close()
+            if size and len(data) < size:  # the connection dropped mid-body; botocore does not say so
+                raise StoreUnavailable(
+                    f"S3 read of s3://{bucket}/{key} cut short ({len(data)} of {size} bytes)"
+                )
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND_CODES:

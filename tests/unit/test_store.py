@@ -420,3 +420,13 @@ def test_s3_declared_length_over_limit_closes_without_reading(tmp_path: Path) ->
         s.read("s3://b/k.png")
     assert body.asked is None
     assert body.closed
+
+
+def test_s3_body_cut_short_is_transient_not_a_corrupt_image(tmp_path: Path) -> None:
+    # a connection dropped mid-body: botocore hands back fewer bytes than declared without an error
+    s = ImageStore(
+        StoreConfig(image_root=tmp_path, max_bytes=1000),
+        s3_client=_Client({"ContentLength": 500, "Body": _Body(b"y" * 200)}),
+    )
+    with pytest.raises(StoreUnavailable, match="cut short"):
+        s.read("s3://b/k.png")
