@@ -359,7 +359,7 @@ def configured(env: dict[str, str]) -> Iterator[None]:
     migrated; the previous environment restored afterwards."""
     from core.settings import get_settings, reset_settings
     from models.db import upgrade
-    from tasks.app import app, celery_config
+    from tasks.app import app, reconfigure
     from tasks.runtime import reset_resources
 
     saved = {k: os.environ.get(k) for k in env}
@@ -367,7 +367,7 @@ def configured(env: dict[str, str]) -> Iterator[None]:
     try:
         reset_settings()
         reset_resources()
-        app.conf.update(celery_config(get_settings()))
+        reconfigure(app, get_settings())
         upgrade(env["PIGREWARD_DATABASE_URL"])
         yield
     finally:
@@ -378,6 +378,7 @@ def configured(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
         reset_settings()
         reset_resources()
+        reconfigure(app, get_settings())
 
 
 @contextmanager

@@ -6,6 +6,8 @@ Queues: `context` (bootstrap a user's context), `judge` (interactive judgments),
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
@@ -71,6 +73,20 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     app.conf.update(celery_config(settings or get_settings()))
     return app
+
+
+def reconfigure(app: Celery, settings: Settings) -> None:
+    """Point a running app at (possibly) other services: new settings, and the broker connection
+    pool, producer pool and result backend it cached for the old ones dropped (they would keep
+    publishing to the old broker)."""
+    app.conf.update(celery_config(settings))
+    cached: Any = app  # Celery's caches are private attributes, untyped
+    if cached._pool is not None:
+        cached._pool.force_close_all()
+        cached._pool = None
+    cached.amqp._producer_pool = None
+    cached._backend_cache = None
+    cached._local.__dict__.pop("backend", None)
 
 
 app = create_app()
