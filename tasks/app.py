@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import pools as kombu_pools
 from celery.schedules import crontab
 from kombu import Queue
 
@@ -81,9 +82,8 @@ def reconfigure(app: Celery, settings: Settings) -> None:
     publishing to the old broker)."""
     app.conf.update(celery_config(settings))
     cached: Any = app  # Celery's caches are private attributes, untyped
-    if cached._pool is not None:
-        cached._pool.force_close_all()
-        cached._pool = None
+    kombu_pools.reset()  # kombu keeps producer pools per connection URL, process-wide
+    cached._pool = None
     cached.amqp._producer_pool = None
     cached._backend_cache = None
     cached._local.__dict__.pop("backend", None)
