@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import pools as kombu_pools
 from celery.schedules import crontab
 from kombu import Queue
+from kombu import pools as kombu_pools
 
 from core.settings import Settings, get_settings
 from tasks import logs
