@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -61,6 +62,9 @@ FAST = {
     "PIGREWARD_RETRY_BACKOFF_MAX_S": "2",
 }
 """Recovery at test speed (the CI suite); the figures in README use the shipped settings."""
+
+DRAIN_LIMIT_S = 120
+"""Seconds from a dependency's return (or a kill) to the last finished judgment (the issue's goal)."""
 
 LVLM_FAULTS = Faults(unavailable=0.20, hang=0.05, garbage=0.05, loop=0.05)
 
@@ -194,6 +198,18 @@ class Supervisor:
                     found.append(f"{self.specs[i][0]}: {end[:200]}")
         return found
 
+    def redundant(self, since: Sequence[int]) -> int:
+        """Deliveries that found their row already taken or finished (and so did nothing): what every
+        message sent for a row that still had a live message or holder costs."""
+        total = 0
+        for i, offset in enumerate(since):
+            with self.log(i).open("rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode(errors="replace")
+            total += text.count("'skipped': True")  # a judge message
+            total += sum(int(n) for n in re.findall(r"'skipped': (\d+)", text))  # rows of a chunk
+        return total
+
 
 @dataclass
 class FaultStack:
@@ -321,15 +337,20 @@ class Result:
     duplicated: int
     stuck: int
     resent: dict[str, int]
+    redundant: int
     drain_s: float | None
     tracebacks: int
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (
-            self.lost or self.duplicated or self.stuck or self.counts.get("failed", 0) or self.tracebacks
-        )
+        """0 lost, duplicated, stuck, failed and tracebacks; drained within DRAIN_LIMIT_S of the
+        dependency's return; a backlog never re-sent."""
+        if self.lost or self.duplicated or self.stuck or self.counts.get("failed", 0) or self.tracebacks:
+            return False
+        if self.drain_s is not None and self.drain_s > DRAIN_LIMIT_S:
+            return False
+        return self.drain_s is not None or not any(v for k, v in self.resent.items() if not k.startswith("_"))
 
 
 def _ledger(tag: str) -> tuple[dict[str, int], int, datetime | None]:
@@ -434,7 +455,7 @@ def run_scenario(fs: FaultStack, scenario: Scenario, n: int, *, settle_s: float 
         fs.lvlm.faults, fs.lvlm.served = LVLM_FAULTS, type(fs.lvlm.served)()
         fs.lvlm.healed.clear()
     if scenario.kind == "backlog":
-        return _run_backlog(fs, scenario, n, tag, before)
+        return _run_backlog(fs, scenario, n, tag, before, offsets)
     _submit(fs, scenario, tag, n)
     if scenario.kind != "lvlm":
         _wait(tag, n, 1 / 3, 300)
@@ -451,13 +472,16 @@ def run_scenario(fs: FaultStack, scenario: Scenario, n: int, *, settle_s: float 
         duplicated=max(0, rows - n),
         stuck=rows - _finished(counts),
         resent={k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)},
+        redundant=fs.workers.redundant(offsets),
         drain_s=(last - back).total_seconds() if last and last > back else 0.0,
         tracebacks=len(errors := fs.workers.tracebacks(offsets)),
         notes=notes + sorted(set(errors)),
     )
 
 
-def _run_backlog(fs: FaultStack, scenario: Scenario, n: int, tag: str, before: dict[str, int]) -> Result:
+def _run_backlog(
+    fs: FaultStack, scenario: Scenario, n: int, tag: str, before: dict[str, int], offsets: Sequence[int]
+) -> Result:
     """Submit a big backlog, let the sweepers run at least three times while it is busy, count re-sends."""
     from tasks.submit import submit_judgments
 
@@ -465,11 +489,11 @@ def _run_backlog(fs: FaultStack, scenario: Scenario, n: int, tag: str, before: d
     for start in range(0, n, 1000):
         submit_judgments(specs[start : start + 1000], chunk_size=1 if start % 2000 == 0 else 50)
     wait_until(lambda: _resent_totals()["_sweeps"] - before["_sweeps"] >= 3, 600, "three sweeps")
-    during = _resent_totals()
     counts, rows, _ = _ledger(tag)
-    busy = rows - _finished(counts)
+    busy = rows - _finished(counts)  # still waiting in the broker or running after three sweeps
     counts = _wait(tag, n, 1.0, 3600)
-    resent = {k: during.get(k, 0) - before.get(k, 0) for k in during if during.get(k, 0) != before.get(k, 0)}
+    after = _resent_totals()  # every sweep from the first submit to the last finished row
+    resent = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
     _, rows, _ = _ledger(tag)
     return Result(
         fs.broker.kind,
@@ -480,9 +504,13 @@ def _run_backlog(fs: FaultStack, scenario: Scenario, n: int, tag: str, before: d
         duplicated=max(0, rows - n),
         stuck=rows - _finished(counts),
         resent=resent,
+        redundant=fs.workers.redundant(offsets),
         drain_s=None,
-        tracebacks=0,
-        notes=[f"{resent.get('_sweeps', 0)} sweeps while {busy} judgments were still queued or running"],
+        tracebacks=len(fs.workers.tracebacks(offsets)),
+        notes=[
+            f"{resent.get('_sweeps', 0)} sweeps from the first submit to the last verdict; "
+            f"{busy} judgments still queued or running after the first three"
+        ],
     )
 
 
@@ -500,6 +528,7 @@ COLUMNS = (
     "dup",
     "stuck",
     "re-sent",
+    "redundant",
     "drain_s",
     "tracebacks",
 )
@@ -516,6 +545,7 @@ def render(results: Sequence[Result]) -> str:
             r.duplicated,
             r.stuck,
             resent,
+            r.redundant,
             "-" if r.drain_s is None else f"{r.drain_s:.0f}",
             r.tracebacks,
         ]
@@ -527,7 +557,8 @@ def render(results: Sequence[Result]) -> str:
     lines.append(
         "SUMMARY "
         + (
-            "all scenarios: 0 lost, 0 duplicated, 0 stuck, 0 failed"
+            f"all scenarios: 0 lost, 0 duplicated, 0 stuck, 0 failed, drained within {DRAIN_LIMIT_S} s, "
+            "no backlog re-sent"
             if not bad
             else f"NOT MET: {', '.join(bad)}"
         )
