@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Cookie, Depends, Header, HTTPException, Request, status
+from fastapi import Cookie, Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from core.settings import Settings
+from core.scope import ImageScope
+from core.settings import Settings, get_settings
 from models.db import make_engine, session_scope
 from models.keys import verify_key
 from models.tables import Tenant
@@ -61,15 +63,26 @@ def get_images(state: StateDep) -> ImageLoader:
 ImagesDep = Annotated[ImageLoader, Depends(get_images)]
 
 
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer pgr_...")
+header_key = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: pgr_..."
+)
+
+
 def api_key(
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-    pigreward_key: Annotated[str | None, Cookie()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    x_api_key: Annotated[str | None, Depends(header_key)],
 ) -> str | None:
-    """The key from `Authorization: Bearer ...`, `X-API-Key`, or the viewer's cookie."""
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return x_api_key or pigreward_key
+    """The key from `Authorization: Bearer ...` or `X-API-Key` (the two security schemes)."""
+    return credentials.credentials.strip() if credentials else x_api_key
+
+
+def viewer_key(
+    key: Annotated[str | None, Depends(api_key)],
+    pigreward_key: Annotated[str | None, Cookie(include_in_schema=False)] = None,
+) -> str | None:
+    """The viewer also takes the cookie its login sets."""
+    return key or pigreward_key
 
 
 def current_tenant(session: SessionDep, key: Annotated[str | None, Depends(api_key)]) -> Tenant:
@@ -82,3 +95,9 @@ def current_tenant(session: SessionDep, key: Annotated[str | None, Depends(api_k
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+
+def scope_of(tenant: Tenant) -> ImageScope:
+    """The image locations this tenant may name and be shown (`core.scope`)."""
+    assert tenant.id is not None
+    return ImageScope(tenant.id, tuple(tenant.image_prefixes), get_settings().upload_bucket)

@@ -6,9 +6,14 @@ uvicorn api.main:app        or        pigreward api --port 8000
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,10 +21,34 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import ApiState
 from api.metrics import RequestMetrics
 from api.routes import health, judgments, users, viewer
+from core.errors import BrokerUnavailable, ConfigurationError, TransientError
+from core.scope import OutOfScope
 from core.settings import get_settings
 from tasks.metrics import CONTENT_TYPE_LATEST, render_latest
 
 log = logging.getLogger(__name__)
+
+
+SECRET_QUERY = re.compile(r"([?&](?:key|api_key|token)=)[^&\s]*", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Keys in query strings (`/ui/login?key=...`) never reach the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        elif isinstance(record.msg, str):
+            record.msg = SECRET_QUERY.sub(r"\1***", record.msg)
+        return True
+
+
+def _redact_access_log() -> None:
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+        logger.addFilter(RedactSecrets())
 
 
 class BodyLimit:
@@ -70,6 +99,7 @@ async def _too_large(send: Send, limit: int) -> None:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    _redact_access_log()
     app = FastAPI(
         title="pigreward",
         version="0.1.0",
@@ -93,6 +123,54 @@ def create_app() -> FastAPI:
         return JSONResponse(
             {"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each field and rule, without echoing the input back (it may be huge, binary or
+        not encodable: an unpaired surrogate would turn the answer itself into a 500)."""
+        detail = [
+            {
+                "type": e.get("type", "value_error"),
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")),
+            }
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
+    def unavailable(request: Request, what: str, exc: BaseException, retry_after: int) -> JSONResponse:
+        log.warning("%s %s: %s unavailable, answered 503: %s", request.method, request.url.path, what, exc)
+        return JSONResponse(
+            {"detail": f"{what} unavailable, retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    @app.exception_handler(TransientError)
+    async def transient(request: Request, exc: TransientError) -> JSONResponse:
+        """The image store, broker or a backend failing for now (a row already written stays and is
+        sent again by the sweeper; the same request again returns the same judgment)."""
+        what = "broker" if isinstance(exc, BrokerUnavailable) else "image store"
+        return unavailable(request, what, exc, 5)
+
+    @app.exception_handler(ConfigurationError)
+    async def misconfigured(request: Request, exc: ConfigurationError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return JSONResponse(
+            {"detail": "the service is misconfigured (its operator is told in the log); retry later"},
+            status_code=503,
+            headers={"Retry-After": "60"},
+        )
+
+    @app.exception_handler(KombuOperationalError)
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(ConnectionError)
+    async def broker_down(request: Request, exc: Exception) -> JSONResponse:
+        return unavailable(request, "broker", exc, 5)
+
+    @app.exception_handler(OutOfScope)
+    async def out_of_scope(request: Request, exc: OutOfScope) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

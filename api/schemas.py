@@ -3,50 +3,39 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from core.enums import JudgmentStatus, Winner
-from core.settings import get_settings
+from core.requests import ApiImageUri, BackendName, ExternalId, JudgmentRequest, Name, Prompt, ProtocolName
 from models.tables import Batch, DimensionScore, EndUser, Judgment
 
-ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@+-]+$")]
-BackendName = Literal["lite", "sglang", "hf"]
-ProtocolName = Literal["pigreward-v1", "json-v1"]
+
+class ErrorOut(BaseModel):
+    """Every error answer: a sentence, or (422) one entry per refused field."""
+
+    detail: str | list[dict[str, Any]]
 
 
-def _prompt(value: str) -> str:
-    limit = get_settings().api_max_prompt_chars
-    if not value.strip():
-        raise ValueError("prompt is empty")
-    if len(value) > limit:
-        raise ValueError(f"prompt is longer than {limit} characters")
-    return value
+def _error(description: str, **extra: Any) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description, **extra}
 
 
-def _image_uri(value: str) -> str:
-    """Only locations the workers read without fetching anything: s3:// (allowed buckets), file:// if enabled."""
-    settings = get_settings()
-    if value.startswith("s3://"):
-        bucket, _, key = value[len("s3://") :].partition("/")
-        if not bucket or not key:
-            raise ValueError("S3 URIs look like s3://bucket/key")
-        if settings.s3_allowed_buckets and bucket not in settings.s3_allowed_buckets:
-            raise ValueError(f"bucket {bucket!r} is not allowed")
-        return value
-    if value.startswith("file://"):
-        if not settings.api_allow_file_uris:
-            raise ValueError("file:// URIs are not accepted by this API; use s3:// or upload the image")
-        if ".." in value.split("/") or "\x00" in value:
-            raise ValueError("file:// URIs may not climb out of the image root")
-        return value
-    scheme = value.split("://", 1)[0] if "://" in value else "(none)"
-    raise ValueError(f"image URI scheme {scheme!r} is not allowed: use s3://bucket/key")
-
-
-Prompt = Annotated[str, AfterValidator(_prompt)]
-ImageUri = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_image_uri)]
+RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
+}
+COMMON: dict[int | str, dict[str, Any]] = {
+    400: _error("The body could not be parsed"),
+    401: _error("Missing or invalid API key", headers={"WWW-Authenticate": {"schema": {"type": "string"}}}),
+    413: _error("Request body over the configured limit"),
+    503: _error("The database or the broker is unavailable; try again", headers=RETRY_AFTER),
+}
+"""What any /v1 operation may answer besides its own result."""
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such resource for this tenant")}
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: _error("An image outside this tenant's image prefixes (`pigreward tenants allow`)")
+}
 
 
 class Strict(BaseModel):
@@ -72,8 +61,8 @@ class UserPublic(BaseModel):
 
 class ReferenceCreate(Strict):
     prompt: Prompt
-    chosen: ImageUri
-    rejected: ImageUri
+    chosen: ApiImageUri
+    rejected: ApiImageUri
 
 
 class ReferencePublic(BaseModel):
@@ -105,24 +94,8 @@ class ContextPublic(BaseModel):
     created_at: datetime
 
 
-class JudgmentCreate(Strict):
-    user: ExternalId
-    prompt: Prompt
-    image_a: ImageUri
-    image_b: ImageUri
-    backend: BackendName | None = None
-    protocol: ProtocolName | None = None
-    swap: StrictBool | None = None
-
-    def options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.backend:
-            out["backend"] = self.backend
-        if self.protocol:
-            out["protocol"] = self.protocol
-        if self.swap is not None:
-            out["swap"] = self.swap
-        return out
+class JudgmentCreate(JudgmentRequest):
+    """A judgment request body (`core.requests.JudgmentRequest`: the rules every way in shares)."""
 
 
 class DimensionPublic(BaseModel):
@@ -168,7 +141,7 @@ class JudgmentPublic(BaseModel):
 
 
 class BatchCreate(Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "batch"
+    name: Name = "batch"
     items: list[JudgmentCreate] = Field(min_length=1)
 
 
@@ -198,3 +171,21 @@ class BatchPublic(BaseModel):
 class DeletedUser(BaseModel):
     external_id: str
     deleted: dict[str, int]
+
+
+class RemovedReference(BaseModel):
+    """A reference pair removed; `context_task_id` is the rebuild started (None: no pairs left)."""
+
+    id: int
+    remaining: int
+    context_task_id: str | None
+
+
+class ContextStarted(BaseModel):
+    task_id: str
+    status: str
+
+
+class BatchAccepted(BaseModel):
+    id: int
+    total: int

@@ -11,6 +11,8 @@
     │   ├── InvalidRequest      empty prompt, same image as A and B, ...
     │   ├── UnknownBackend      a backend name this worker does not have
     │   └── BackendRejected     the backend refused the request itself (4xx other than 429)
+    ├── ConfigurationError      the deployment is misconfigured (e.g. no S3 credentials): `failed`,
+    │                           naming the setting, never retried (retrying cannot fix it)
     └── TransientError          worth retrying with backoff (Celery `autoretry_for` names this branch)
         ├── StoreUnavailable    S3 / disk connection problems, throttling
         ├── DatabaseUnavailable connection lost, deadlock, serialization failure
@@ -29,6 +31,10 @@ class PigrewardError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ConfigurationError(PigrewardError):
+    code = "configuration_error"
 
 
 class PermanentError(PigrewardError):

@@ -8,11 +8,19 @@ the broker (Redis), the database (Postgres), the image store (S3) and the backen
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, computed_field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """One place per user, not per current directory: a command run from another folder must find
+    the same database and images (and never read images relative to wherever it was started)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pigreward"
 
 
 class Settings(BaseSettings):
@@ -21,7 +29,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIGREWARD_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(
-        Path("pigreward-data"), description="Where the embedded SQLite file, images and caches live."
+        default_factory=lambda: default_data_dir(),
+        description="Where the embedded SQLite file, images and caches live. Default: "
+        "$XDG_DATA_HOME/pigreward (~/.local/share/pigreward), whatever the current directory.",
     )
     database_url: str | None = Field(
         None,
@@ -49,6 +59,12 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(32 * 1024 * 1024, description="Refuse image files larger than this.")
     max_image_pixels: int = Field(
         50_000_000, description="Refuse images whose header declares more pixels (decompression bombs)."
+    )
+    decode_budget_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Pixels one process decodes at once (threads wait their turn): bounds a worker's "
+        "memory under hostile images at about this x 5 bytes above idle.",
     )
     pixel_budget: int = Field(
         448 * 448, description="Images are resized to at most this many pixels (Qwen2-VL: 448x448)."

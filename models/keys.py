@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 from sqlmodel import Session, col, select
@@ -12,6 +13,8 @@ from models.tables import ApiKey, Tenant, id_of, utcnow
 from models.tenants import ensure_tenant
 
 KEY_PREFIX = "pgr"
+KEY_FORMAT = re.compile(r"pgr_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", re.ASCII)
+"""What `create_key` makes; anything else (a NUL, a surrogate, a pasted fragment) is refused unread."""
 
 
 def _hash(key: str) -> str:
@@ -31,9 +34,9 @@ def create_key(*, session: Session, tenant: str, name: str) -> tuple[ApiKey, str
 
 def verify_key(*, session: Session, key: str) -> Tenant | None:
     """The tenant a live key belongs to, or None (unknown, malformed, revoked)."""
-    parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+    if not KEY_FORMAT.fullmatch(key):
         return None
+    parts = key.split("_", 2)
     row = session.exec(select(ApiKey).where(ApiKey.prefix == parts[1])).first()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, _hash(key)):
         return None

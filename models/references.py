@@ -41,3 +41,17 @@ def tenant_reference(*, session: Session, tenant_id: int, reference_id: int) -> 
         .where(ReferencePair.id == reference_id, EndUser.tenant_id == tenant_id)
     )
     return session.exec(stmt).first()
+
+
+def remove_reference(*, session: Session, user_id: int, reference_id: int) -> ReferencePair | None:
+    """Delete one of the user's pairs; the removed row, or None if the user has no such pair.
+
+    Contexts are keyed by a hash of the user's pairs, so the next context built or looked up for
+    this user is one without it: a context built from the removed pair is never used again.
+    """
+    row = session.get(ReferencePair, reference_id)
+    if row is None or row.user_id != user_id:
+        return None
+    session.delete(row)
+    session.flush()
+    return row

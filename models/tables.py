@@ -57,8 +57,14 @@ def _ts(nullable: bool = False) -> Any:
 
 
 class Tenant(SQLModel, table=True):
+    """An API client's organisation. `image_prefixes` are the only image locations its requests may
+    name (`core.scope`); its uploads go under `uploads/<id>/` and are always its own."""
+
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True)
+    image_prefixes: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     created_at: datetime = _ts()
 
 

@@ -40,7 +40,11 @@ def store_config(settings: Settings) -> StoreConfig:
 
 
 def image_limits(settings: Settings) -> ImageLimits:
-    return ImageLimits(max_pixels=settings.max_image_pixels, pixel_budget=settings.pixel_budget)
+    return ImageLimits(
+        max_pixels=settings.max_image_pixels,
+        pixel_budget=settings.pixel_budget,
+        decode_budget=settings.decode_budget_pixels,
+    )
 
 
 def image_loader(settings: Settings) -> ImageLoader:

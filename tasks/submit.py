@@ -14,6 +14,7 @@ from typing import Any
 from celery.result import AsyncResult
 from sqlmodel import Session
 
+from core.requests import InvalidJudgmentRequest, validate_judgment
 from core.settings import get_settings
 from models.batches import record_batch
 from models.db import session_scope
@@ -39,19 +40,26 @@ def judgment_spec(
 ) -> JudgmentSpec:
     """The ledger spec of a judge call; `options` may carry `backend`, `protocol` and `swap`.
 
+    Checked first by the one request model (`core.requests`): a bad argument raises
+    `InvalidJudgmentRequest` (a ValueError naming the field) before anything is recorded.
     Defaults are filled in here and become part of the natural key: the backend from settings, and
     `swap` on for LVLM backends (position bias), off for `lite`, unless settings or the call say.
     """
     settings = get_settings()
-    opts = dict(options or {})
-    backend = str(opts.pop("backend", settings.backend))
+    request, tenant_name = validate_judgment(user, prompt, image_a, image_b, options, tenant)
+    if batch_id is not None and (type(batch_id) is not int or batch_id < 1):
+        raise InvalidJudgmentRequest(
+            f"invalid judgment request: batch_id: must be a positive int, not {batch_id!r}"
+        )
+    opts = request.model_dump(include={"protocol", "swap"}, exclude_none=True)
+    backend = request.backend or settings.backend
     opts.setdefault("swap", settings.swap if settings.swap is not None else backend in LVLM_BACKENDS)
     return JudgmentSpec(
-        tenant=tenant or settings.default_tenant,
-        user=user,
-        prompt=prompt,
-        image_a=image_a,
-        image_b=image_b,
+        tenant=tenant_name or settings.default_tenant,
+        user=request.user,
+        prompt=request.prompt,
+        image_a=request.image_a,
+        image_b=request.image_b,
         backend=backend,
         options=opts,
         batch_id=batch_id,

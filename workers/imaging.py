@@ -3,19 +3,29 @@
 Every backend sees the same normalized picture: EXIF orientation applied, RGB (transparency flattened
 on white), at most `pixel_budget` pixels. Limits are checked on the header before any pixel is
 decoded, so a 30000x30000 "bomb" costs a few bytes of reading, not gigabytes of memory.
+
+Pictures inside the limits can still be large (a 143 KB PNG may declare 7000x7000 = 49 MP, ~200 MB
+decoded), so decoding is also gated per process: at most `decode_budget` pixels are decoded at once
+(`DecodeGate`; one picture over the budget decodes alone), and a big picture is shrunk by an
+integer factor straight after decoding, before any conversion copies it. A worker at `-c 64` fed
+only such pictures therefore holds about `decode_budget` x 4-5 bytes of pixels, not 64 x 200 MB.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import io
 import math
+import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from core.errors import ImageTooLarge, ImageUnreadable, InvalidRequest
 from workers.store import ImageStore
@@ -28,6 +38,54 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 class ImageLimits:
     max_pixels: int = 50_000_000
     pixel_budget: int = 448 * 448
+    decode_budget: int = 100_000_000  # pixels decoded at once in one process (DecodeGate)
+
+
+class DecodeGate:
+    """A process-wide cap on the pixels being decoded at once (threads wait their turn).
+
+    A picture larger than the whole budget still decodes, alone, so nothing within `max_pixels` is
+    ever refused for its size here; it only waits.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = 0
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, budget: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._held == 0 or self._held + pixels <= budget)
+            self._held += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= pixels
+                self._cond.notify_all()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+
+GATE = DecodeGate()
+"""The one gate of this process: workers' loaders, the API's viewer and uploads all pass it."""
+
+
+def _keep_freed_memory_returnable() -> None:
+    """glibc raises its mmap threshold after big frees, after which freed pixel buffers stay in the
+    heap instead of going back to the system; pinning it keeps RSS tracking what is in use."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD: 1 MiB, fixed
+    except (OSError, AttributeError):
+        pass
+
+
+_keep_freed_memory_returnable()
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,9 +125,8 @@ def normalize(data: bytes, uri: str, limits: ImageLimits) -> NormalizedImage:
         )
     fmt = img.format or "unknown"
     try:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
+        with GATE.hold(width * height, limits.decode_budget):
+            img = _decode_small(img, limits.pixel_budget)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{uri!r} looks like a decompression bomb: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -78,6 +135,37 @@ def normalize(data: bytes, uri: str, limits: ImageLimits) -> NormalizedImage:
     return NormalizedImage(
         sha256=digest, uri=uri, width=width, height=height, format=fmt, size_bytes=len(data), image=img
     )
+
+
+def _decode_small(img: Image.Image, budget: int) -> Image.Image:
+    """Decode, orient and convert to RGB, shrinking a big picture by an integer factor first (JPEG:
+    in the decoder itself) so that no full-size copy is made after the one decode."""
+    width, height = img.size
+    factor = max(1, math.isqrt(width * height // max(1, budget)))
+    if img.format == "JPEG" and factor > 1:
+        img.draft("RGB", (max(1, width // factor), max(1, height // factor)))
+    orientation = img.getexif().get(0x0112, 1)
+    img.load()
+    factor = max(1, math.isqrt(img.width * img.height // max(1, budget)))
+    if factor > 1:
+        if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "La", "RGBa"):
+            img = img.convert("RGBA" if img.mode == "P" and "transparency" in img.info else "RGB")
+        img = img.reduce(factor)
+    img = _to_rgb(img)
+    method = _TRANSPOSE.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation -> the transpose that shows the picture upright (what ImageOps.exif_transpose does)."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from core.enums import JudgmentStatus, Outcome, Winner
 from core.errors import (
+    ConfigurationError,
     DatabaseUnavailable,
     InvalidRequest,
     NoReferences,
@@ -235,6 +236,13 @@ def _run(res: Resources, job: Judgment, token: str) -> JudgmentSummary:
         )
     except TransientError:
         raise
+    except ConfigurationError as exc:  # retrying cannot help; the message names the setting to fix
+        log.error("judgment %s failed: %s", judgment_id, exc.message)
+        _close(res.db, judgment_id, JudgmentStatus.failed, exc.code, exc.message, token)
+        _report(res, job, JudgmentStatus.failed, error_code=exc.code)
+        return JudgmentSummary(
+            judgment_id=judgment_id, status=JudgmentStatus.failed, error_code=exc.code, error=exc.message
+        )
     except Exception as exc:
         log.exception("judgment %s failed", judgment_id)
         _close(

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ForbiddenLocation, ImageNotFound, ImageTooLarge, StoreUnavailable
+from core.errors import ConfigurationError, ForbiddenLocation, ImageNotFound, ImageTooLarge, StoreUnavailable
 
-_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket", "InvalidBucketName"}
 _FORBIDDEN_CODES = {"AccessDenied", "403", "AllAccessDisabled"}
 # Credentials problems are the operator's to fix (rotation, clock skew), not the input's: retried.
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "RequestTimeTooSkewed"}
@@ -37,6 +37,17 @@ class StoreConfig:
     s3_secret_access_key: str | None = None
     allowed_buckets: tuple[str, ...] = field(default_factory=tuple)
     max_connections: int = 64  # S3 connections kept per process: at least the reads it runs at once
+
+
+NO_CREDENTIALS = (
+    "S3 credentials are not configured: set PIGREWARD_S3_ACCESS_KEY_ID and PIGREWARD_S3_SECRET_ACCESS_KEY "
+    "(or give the process an AWS credential chain)"
+)
+
+
+def _shown(uri: str) -> str:
+    """A local image as clients named it: file://relative/path (a plain path gets the scheme)."""
+    return uri if "://" in uri else f"file://{uri}"
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -61,7 +72,7 @@ class ImageStore:
         if "://" in uri and not uri.startswith("file://"):
             scheme = uri.split("://", 1)[0]
             raise ForbiddenLocation(f"unsupported image location scheme {scheme!r}: use s3:// or file://")
-        return self._read_file(self.resolve_file(uri))
+        return self._read_file(self.resolve_file(uri), _shown(uri))
 
     def resolve_file(self, uri: str) -> Path:
         """The real path of a file:// URI (or plain path), which must lie inside the root."""
@@ -78,7 +89,7 @@ class ImageStore:
         except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, over-long names
             raise ForbiddenLocation(f"{uri!r} cannot be resolved: {exc}") from exc
         if not real.is_relative_to(self.root):
-            raise ForbiddenLocation(f"{uri!r} resolves outside the image root {str(self.root)!r}")
+            raise ForbiddenLocation(f"{uri!r} resolves outside the image root")
         return real
 
     def write_file(self, relative: str, data: bytes) -> str:
@@ -109,7 +120,7 @@ class ImageStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.parent.resolve().is_relative_to(self.root):  # a symlinked folder raced in
-                raise ForbiddenLocation(f"{uri!r} resolves outside the image root {str(self.root)!r}")
+                raise ForbiddenLocation(f"{uri!r} resolves outside the image root")
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), 0o644)  # mkstemp's 0600 would hide it from other readers
@@ -117,7 +128,7 @@ class ImageStore:
             os.replace(tmp, path)
             tmp = None
         except OSError as exc:
-            raise StoreUnavailable(f"could not write {str(path)!r}: {exc}") from exc
+            raise StoreUnavailable(f"could not write {uri!r}: {exc.strerror or type(exc).__name__}") from exc
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
@@ -125,7 +136,7 @@ class ImageStore:
         return uri
 
     def _put_s3(self, bucket: str, key: str, data: bytes) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
             raise ForbiddenLocation(f"bucket {bucket!r} is not in the allowed buckets")
@@ -136,23 +147,28 @@ class ImageStore:
             if code in _FORBIDDEN_CODES or code == "NoSuchBucket":
                 raise ForbiddenLocation(f"cannot write s3://{bucket}/{key} ({code})") from exc
             raise StoreUnavailable(f"S3 error writing s3://{bucket}/{key}: {code or exc}") from exc
+        except NoCredentialsError as exc:
+            raise ConfigurationError(NO_CREDENTIALS) from exc
         except BotoCoreError as exc:
             raise StoreUnavailable(f"S3 unreachable writing s3://{bucket}/{key}: {exc}") from exc
 
-    def _read_file(self, path: Path) -> bytes:
-        """Read at most max_bytes + 1 bytes, refusing a symlink swapped in after `resolve_file`."""
+    def _read_file(self, path: Path, shown: str) -> bytes:
+        """Read at most max_bytes + 1 bytes, refusing a symlink swapped in after `resolve_file`.
+
+        Messages name the file by its URI (`shown`), never by the server's path: they reach clients.
+        """
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EISDIR):
-                raise ImageNotFound(f"no image file at {str(path)!r}") from exc
+                raise ImageNotFound(f"no image file at {shown!r}") from exc
             if exc.errno == errno.ELOOP:
-                raise ForbiddenLocation(f"{str(path)!r} became a symlink") from exc
-            raise StoreUnavailable(f"could not open {str(path)!r}: {exc}") from exc
+                raise ForbiddenLocation(f"{shown!r} became a symlink") from exc
+            raise StoreUnavailable(f"could not open {shown!r}: {exc.strerror}") from exc
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise ImageNotFound(f"no image file at {str(path)!r} (not a regular file)")
+            raise ImageNotFound(f"no image file at {shown!r} (not a regular file)")
         if info.st_size > self.config.max_bytes:
             os.close(fd)
             raise ImageTooLarge(
@@ -162,7 +178,7 @@ class ImageStore:
             try:
                 data = fh.read(self.config.max_bytes + 1)
             except OSError as exc:
-                raise StoreUnavailable(f"could not read {str(path)!r}: {exc}") from exc
+                raise StoreUnavailable(f"could not read {shown!r}: {exc.strerror}") from exc
         if len(data) > self.config.max_bytes:  # grew after the size check
             raise ImageTooLarge(f"image file is over the limit of {self.config.max_bytes} bytes")
         return data
@@ -191,7 +207,7 @@ class ImageStore:
             return self._s3
 
     def _read_s3(self, bucket: str, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
             raise ForbiddenLocation(f"bucket {bucket!r} is not in the allowed buckets")
@@ -221,6 +237,8 @@ class ImageStore:
                     f"S3 credentials rejected reading s3://{bucket}/{key} ({code})"
                 ) from exc
             raise StoreUnavailable(f"S3 error reading s3://{bucket}/{key}: {code or exc}") from exc
+        except NoCredentialsError as exc:
+            raise ConfigurationError(NO_CREDENTIALS) from exc
         except BotoCoreError as exc:
             raise StoreUnavailable(f"S3 unreachable reading s3://{bucket}/{key}: {exc}") from exc
         if len(data) > self.config.max_bytes:

@@ -10,9 +10,20 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from api.deps import SessionDep, TenantDep
-from api.schemas import BatchCreate, BatchPublic, JudgmentCreate, JudgmentPublic
+from api.deps import SessionDep, TenantDep, scope_of
+from api.schemas import (
+    COMMON,
+    FORBIDDEN,
+    NOT_FOUND,
+    BatchAccepted,
+    BatchCreate,
+    BatchPublic,
+    ErrorOut,
+    JudgmentCreate,
+    JudgmentPublic,
+)
 from core.enums import JudgmentStatus
+from core.requests import ExternalId, Name
 from core.settings import get_settings
 from models.batches import batch_counts, cancel_batch, get_batch, is_finished
 from models.judgments import dimensions_of, get_judgment, list_judgments
@@ -20,7 +31,7 @@ from models.rescoring import flag_judgment, history_of
 from models.tables import Batch, Judgment, Tenant, id_of
 from tasks.submit import judgment_spec, submit_batch, submit_judgments
 
-router = APIRouter(tags=["judgments"])
+router = APIRouter(tags=["judgments"], responses=COMMON)
 MAX_ID = 2**31 - 1  # ids and offsets beyond the database's integer range are refused (422), not a 500
 DbId = Annotated[int, Path(ge=1, le=MAX_ID)]
 JUDGMENT_NOT_FOUND = "judgment not found"
@@ -47,27 +58,37 @@ def owned_batch(session: Session, tenant: Tenant, batch_id: int) -> Batch:
     return batch
 
 
+def check_images(tenant: Tenant, items: list[JudgmentCreate]) -> None:
+    """Every image named must lie in the tenant's scope (403 naming the first one that does not)."""
+    scope = scope_of(tenant)
+    for n, item in enumerate(items):
+        where = f"items[{n}]." if len(items) > 1 else ""
+        scope.check(item.image_a, f"{where}image_a")
+        scope.check(item.image_b, f"{where}image_b")
+
+
 def batch_public(session: Session, batch: Batch) -> BatchPublic:
     assert batch.id is not None
     counts = batch_counts(session=session, batch_id=batch.id)
     return BatchPublic.of(batch, counts, is_finished(counts))
 
 
-@router.post("/judgments", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/judgments", status_code=status.HTTP_202_ACCEPTED, responses=FORBIDDEN)
 def create_judgment(body: JudgmentCreate, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
     """Submit one judgment; the same submission again returns the same judgment."""
+    check_images(tenant, [body])
     spec = judgment_spec(body.user, body.prompt, body.image_a, body.image_b, body.options(), tenant.name)
     [judgment_id] = submit_judgments([spec], session=session)
     return judgment_public(session, owned_judgment(session, tenant, judgment_id))
 
 
-@router.get("/judgments/{judgment_id}")
+@router.get("/judgments/{judgment_id}", responses=NOT_FOUND)
 def read_judgment(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
     """One judgment with its dimensions, raw model output and versions."""
     return judgment_public(session, owned_judgment(session, tenant, judgment_id))
 
 
-@router.post("/judgments/{judgment_id}/flag")
+@router.post("/judgments/{judgment_id}/flag", responses=NOT_FOUND)
 def flag(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> JudgmentPublic:
     """Ask for this judgment to be judged again by the next re-scoring run (its verdict is kept as history)."""
     row = owned_judgment(session, tenant, judgment_id)
@@ -77,7 +98,7 @@ def flag(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> JudgmentP
     return judgment_public(session, row)
 
 
-@router.get("/judgments/{judgment_id}/history")
+@router.get("/judgments/{judgment_id}/history", responses=NOT_FOUND)
 def history(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> list[dict[str, Any]]:
     """Earlier verdicts of this judgment, replaced by re-scoring runs (oldest first)."""
     row = owned_judgment(session, tenant, judgment_id)
@@ -91,7 +112,7 @@ def history(judgment_id: DbId, session: SessionDep, tenant: TenantDep) -> list[d
 def read_judgments(
     session: SessionDep,
     tenant: TenantDep,
-    user: str | None = None,
+    user: ExternalId | None = None,
     batch_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     status_: Annotated[JudgmentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -114,31 +135,52 @@ def _submit(session: Session, tenant: Tenant, name: str, items: list[JudgmentCre
     limit = get_settings().api_max_batch
     if len(items) > limit:
         raise HTTPException(413, f"a batch holds at most {limit} judgments")
+    check_images(tenant, items)
     specs = [judgment_spec(i.user, i.prompt, i.image_a, i.image_b, i.options(), tenant.name) for i in items]
     batch_id, _ = submit_batch(tenant=tenant.name, name=name, specs=specs, session=session)
     return batch_id
 
 
-@router.post("/batches", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/batches", status_code=status.HTTP_202_ACCEPTED, responses=FORBIDDEN)
 def create_batch(body: BatchCreate, session: SessionDep, tenant: TenantDep) -> BatchPublic:
     """Submit many judgments as one batch (JSON); returns the batch id and its progress."""
     batch_id = _submit(session, tenant, body.name, body.items)
     return batch_public(session, owned_batch(session, tenant, batch_id))
 
 
+JSONL_TYPES = ("application/x-ndjson", "application/jsonl")
+
+
 @router.post(
     "/batches/jsonl",
     status_code=status.HTTP_202_ACCEPTED,
-    openapi_extra={"requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+    responses={**FORBIDDEN, 415: {"model": ErrorOut, "description": "Not application/x-ndjson"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in JSONL_TYPES},
+        }
+    },
 )
 async def create_batch_jsonl(
     request: Request,
     session: SessionDep,
     tenant: TenantDep,
-    name: Annotated[str, Query(min_length=1, max_length=200)] = "batch",
-) -> dict[str, int]:
+    name: Name = "batch",
+) -> BatchAccepted:
     """Submit a batch as JSON Lines, one judgment object per line (blank lines ignored)."""
-    raw = (await request.body()).decode("utf-8", errors="replace")
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in JSONL_TYPES:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"send JSON Lines as {JSONL_TYPES[0]}, not {media or 'nothing'}",
+        )
+    try:
+        raw = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": f"not UTF-8 at byte {exc.start}", "type": "value_error"}]
+        ) from None
     items: list[JudgmentCreate] = []
     errors: list[dict[str, Any]] = []
     for number, line in enumerate(raw.splitlines(), 1):
@@ -166,16 +208,16 @@ async def create_batch_jsonl(
     from fastapi.concurrency import run_in_threadpool
 
     batch_id = await run_in_threadpool(_submit, session, tenant, name, items)
-    return {"id": batch_id, "total": len(items)}
+    return BatchAccepted(id=batch_id, total=len(items))
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id:int}", responses=NOT_FOUND)
 def read_batch(batch_id: DbId, session: SessionDep, tenant: TenantDep) -> BatchPublic:
     """Batch progress: counts by status, finished or not."""
     return batch_public(session, owned_batch(session, tenant, batch_id))
 
 
-@router.post("/batches/{batch_id}/cancel")
+@router.post("/batches/{batch_id:int}/cancel", responses=NOT_FOUND)
 def cancel(
     batch_id: DbId, session: SessionDep, tenant: TenantDep, _: Annotated[None, Body()] = None
 ) -> BatchPublic:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
@@ -12,10 +12,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
-from api.deps import KEY_COOKIE, ImagesDep, SessionDep, api_key
-from api.routes.judgments import owned_batch, owned_judgment
+from api.deps import KEY_COOKIE, ImagesDep, SessionDep, scope_of, viewer_key
+from api.routes.judgments import DbId, owned_batch, owned_judgment
 from core.enums import TERMINAL_STATUSES
 from core.errors import PigrewardError
+from core.requests import ExternalId
 from models.batches import batch_counts, batch_judgments
 from models.contexts import latest_context
 from models.judgments import dimensions_of, recent_judgments
@@ -26,11 +27,12 @@ from models.users import find_user
 from workers.imaging import ImageLoader
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
+NO_IMAGE = "no such image"
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
 
 
 def viewer_tenant(
-    request: Request, session: SessionDep, key: Annotated[str | None, Depends(api_key)]
+    request: Request, session: SessionDep, key: Annotated[str | None, Depends(viewer_key)]
 ) -> Tenant:
     """Like the API's tenant check, but sends a person to the login page instead of a 401."""
     tenant = verify_key(session=session, key=key) if key else None
@@ -87,14 +89,14 @@ def logout() -> Response:
 
 
 @router.get("/judgments/{judgment_id}", response_class=HTMLResponse)
-def judgment_page(judgment_id: int, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
+def judgment_page(judgment_id: DbId, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
     row = owned_judgment(session, tenant, judgment_id)
     dims = dimensions_of(session=session, judgment_id=judgment_id)
     return templates.TemplateResponse(request, "judgment.html", {"tenant": tenant, "j": row, "dims": dims})
 
 
 @router.get("/users/{external_id}", response_class=HTMLResponse)
-def user_page(external_id: str, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
+def user_page(external_id: ExternalId, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
     assert tenant.id is not None
     user = find_user(session=session, tenant_id=tenant.id, external_id=external_id)
     if user is None or user.id is None:
@@ -110,7 +112,7 @@ def user_page(external_id: str, request: Request, session: SessionDep, tenant: V
 
 
 @router.get("/batches/{batch_id}", response_class=HTMLResponse)
-def batch_page(batch_id: int, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
+def batch_page(batch_id: DbId, request: Request, session: SessionDep, tenant: ViewerDep) -> Response:
     batch = owned_batch(session, tenant, batch_id)
     counts = batch_counts(session=session, batch_id=batch_id)
     total = sum(counts.values())
@@ -133,27 +135,32 @@ def batch_page(batch_id: int, request: Request, session: SessionDep, tenant: Vie
 
 @router.get("/images/{judgment_id}/{side}")
 def judgment_image(
-    judgment_id: int, side: str, session: SessionDep, tenant: ViewerDep, images: ImagesDep
+    judgment_id: DbId, side: Literal["a", "b"], session: SessionDep, tenant: ViewerDep, images: ImagesDep
 ) -> Response:
     row = owned_judgment(session, tenant, judgment_id)
-    if side not in ("a", "b"):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
-    return _png(images, row.image_a_uri if side == "a" else row.image_b_uri)
+    return _png(images, tenant, row.image_a_uri if side == "a" else row.image_b_uri)
 
 
 @router.get("/references/{reference_id}/{which}")
 def reference_image(
-    reference_id: int, which: str, session: SessionDep, tenant: ViewerDep, images: ImagesDep
+    reference_id: DbId,
+    which: Literal["chosen", "rejected"],
+    session: SessionDep,
+    tenant: ViewerDep,
+    images: ImagesDep,
 ) -> Response:
     assert tenant.id is not None
     ref = tenant_reference(session=session, tenant_id=tenant.id, reference_id=reference_id)
-    if ref is None or which not in ("chosen", "rejected"):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
-    return _png(images, ref.chosen_uri if which == "chosen" else ref.rejected_uri)
+    if ref is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, NO_IMAGE)
+    return _png(images, tenant, ref.chosen_uri if which == "chosen" else ref.rejected_uri)
 
 
-def _png(images: ImageLoader, uri: str) -> Response:
-    """The normalized picture the models saw, as PNG (any stored format, any size)."""
+def _png(images: ImageLoader, tenant: Tenant, uri: str) -> Response:
+    """The normalized picture the models saw, as PNG (any stored format, any size), and only if it
+    lies in the tenant's image scope today: a row naming someone else's object shows nothing."""
+    if not scope_of(tenant).allows(uri):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, NO_IMAGE)
     try:
         image = images.load(uri)
     except PigrewardError as exc:

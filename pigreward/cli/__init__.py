@@ -24,6 +24,7 @@ COMMANDS = {
     "judge": "pigreward.cli.judging:judge",
     "refs": "pigreward.cli.users:refs",
     "keys": "pigreward.cli.keys:keys",
+    "tenants": "pigreward.cli.tenants:tenants",
     "db": "pigreward.cli.db:db",
     "rescore": "pigreward.cli.rescoring:rescore",
     "flag": "pigreward.cli.rescoring:flag",
@@ -52,7 +53,47 @@ class LazyGroup(click.Group):
         return command
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS)
+class Main(LazyGroup):
+    """Turns a startup or configuration mistake into one line naming the setting to fix (exit 2)
+    instead of a traceback: bad settings, an unusable database URL or server, an unreachable broker."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            line = configuration_problem(exc)
+            if line is None:
+                raise
+            click.echo(f"pigreward: error: {line}", err=True)
+            ctx.exit(2)
+
+
+def configuration_problem(exc: BaseException) -> str | None:
+    """One line for the configuration mistakes people make, or None for anything else."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    from core.errors import BrokerUnavailable, ConfigurationError
+
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
+        err = exc.errors(include_url=False, include_input=False)[0]
+        name = "PIGREWARD_" + "_".join(str(p) for p in err["loc"]).upper()
+        return f"{name}: {err['msg']}"
+    if isinstance(exc, ArgumentError | NoSuchModuleError):
+        return f"PIGREWARD_DATABASE_URL is not a usable database URL: {exc}"
+    if isinstance(exc, OperationalError):
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        return f"cannot connect to the database (PIGREWARD_DATABASE_URL): {reason}"
+    if isinstance(exc, ConfigurationError):
+        return exc.message
+    if isinstance(exc, BrokerUnavailable) or type(exc).__module__.startswith("kombu"):
+        return f"cannot reach the broker (PIGREWARD_BROKER_URL): {exc}"
+    return None
+
+
+@click.group(cls=Main, lazy=COMMANDS)
 @click.version_option(package_name="pigreward")
 def main() -> None:
     """Personalized pairwise judging of text-to-image outputs (PIGReward) as a batch job queue."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import click
 from sqlalchemy.engine import Engine
 
 from core.settings import get_settings
@@ -25,12 +26,14 @@ def migrated_db() -> Engine:
 
 
 def as_uri(value: str, store: ImageStore) -> str:
-    """URIs pass through; an existing local file outside the image root is copied in by content hash."""
+    """URIs pass through; an existing local file outside the image root is copied in by content hash;
+    a local path that is not a file is refused here, by name (not as "outside the image root")."""
     if "://" in value:
         return value
     path = Path(value)
     if not path.is_file():
-        return value  # let the store report it (not found / outside root) as a recorded error
+        reason = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise click.BadParameter(f"{value}: {reason}")
     try:
         store.resolve_file(str(path.resolve()))
         return f"file://{path.resolve().relative_to(store.root)}"

@@ -11,6 +11,7 @@ import click
 
 from core.enums import JudgmentStatus
 from core.errors import TransientError
+from core.requests import InvalidJudgmentRequest
 from models.claims import release_judgment
 from models.db import session_scope
 from models.judgments import dimensions_of, get_judgment
@@ -55,7 +56,10 @@ def judge(
     if protocol:
         options["protocol"] = protocol
     store = res.loader.store
-    spec = judgment_spec(user, prompt, as_uri(image_a, store), as_uri(image_b, store), options)
+    try:
+        spec = judgment_spec(user, prompt, as_uri(image_a, store), as_uri(image_b, store), options)
+    except InvalidJudgmentRequest as exc:
+        raise click.UsageError(str(exc)) from None
     [judgment_id] = commit_judgments([spec])
     token = f"cli-{uuid.uuid4()}"
     try:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
+import click
+from sqlmodel import Session
+
+from core.errors import PermanentError, TransientError
 from core.settings import get_settings
 from models.db import session_scope
-from models.references import add_reference
+from models.references import add_reference, list_references, remove_reference
 from models.tenants import ensure_tenant
-from models.users import ensure_user
+from models.users import ensure_user, find_user
 from pigreward.cli.common import as_uri, migrated_db
-from tasks.config import store_config
-from workers.store import ImageStore
+from tasks.config import image_loader
+from workers.imaging import ImageLoader, normalize
 
 
 @click.group()
@@ -25,11 +29,16 @@ def refs() -> None:
 @click.argument("chosen")
 @click.argument("rejected")
 def refs_add(user: str, prompt: str, chosen: str, rejected: str) -> None:
-    """Add one reference pair: the user preferred CHOSEN over REJECTED (local files or URIs)."""
+    """Add one reference pair: the user preferred CHOSEN over REJECTED (local files or URIs).
+
+    Both images are read and decoded first: a missing or unusable one is refused here, by name,
+    instead of rejecting every later judgment of this user."""
     settings = get_settings()
     db = migrated_db()
-    store = ImageStore(store_config(settings))
-    chosen_uri, rejected_uri = as_uri(chosen, store), as_uri(rejected, store)
+    loader = image_loader(settings)
+    for name, value in (("CHOSEN", chosen), ("REJECTED", rejected)):
+        _check_image(loader, name, value)
+    chosen_uri, rejected_uri = as_uri(chosen, loader.store), as_uri(rejected, loader.store)
     with session_scope(db) as session:
         tenant = ensure_tenant(session=session, name=settings.default_tenant)
         assert tenant.id is not None
@@ -39,3 +48,60 @@ def refs_add(user: str, prompt: str, chosen: str, rejected: str) -> None:
             session=session, user_id=row.id, prompt=prompt, chosen_uri=chosen_uri, rejected_uri=rejected_uri
         )
     click.echo(f"reference {ref.id} for user {user!r}: {chosen_uri} > {rejected_uri}")
+
+
+def _check_image(loader: ImageLoader, name: str, value: str) -> None:
+    if "://" not in value:
+        path = Path(value)
+        if not path.is_file():
+            raise click.BadParameter(
+                f"{value}: {'is a folder, not a file' if path.is_dir() else 'no such file'}"
+            )
+        try:
+            normalize(path.read_bytes(), value, loader.limits)
+        except PermanentError as exc:
+            raise click.BadParameter(exc.message, param_hint=name) from None
+        return
+    try:
+        loader.load(value)
+    except PermanentError as exc:
+        raise click.BadParameter(exc.message, param_hint=name) from None
+    except TransientError as exc:
+        raise click.ClickException(f"{name} {value}: cannot be read now, try again: {exc.message}") from None
+
+
+def _user_id(session: Session, user: str) -> int:
+    tenant = ensure_tenant(session=session, name=get_settings().default_tenant)
+    assert tenant.id is not None
+    row = find_user(session=session, tenant_id=tenant.id, external_id=user)
+    if row is None or row.id is None:
+        raise click.ClickException(f"no user {user!r} in tenant {tenant.name!r}")
+    return row.id
+
+
+@refs.command("list")
+@click.option("--user", required=True, help="The end user's external id.")
+def refs_list(user: str) -> None:
+    """The user's reference pairs: id, prompt, chosen > rejected."""
+    with session_scope(migrated_db()) as session:
+        pairs = list_references(session=session, user_id=_user_id(session, user))
+        for r in pairs:
+            click.echo(f"{r.id}\t{r.prompt}\t{r.chosen_uri} > {r.rejected_uri}")
+    click.echo(f"{len(pairs)} reference pairs for user {user!r}", err=True)
+
+
+@refs.command("remove")
+@click.option("--user", required=True, help="The end user's external id.")
+@click.argument("reference_id", type=click.IntRange(min=1))
+def refs_remove(user: str, reference_id: int) -> None:
+    """Remove one reference pair (ids from `refs list`); the user's next judgment builds a fresh
+    context from the remaining pairs (contexts are keyed by the pairs they were built from)."""
+    with session_scope(migrated_db()) as session:
+        user_id = _user_id(session, user)
+        if remove_reference(session=session, user_id=user_id, reference_id=reference_id) is None:
+            raise click.ClickException(f"user {user!r} has no reference pair {reference_id}")
+        left = len(list_references(session=session, user_id=user_id))
+    click.echo(
+        f"reference {reference_id} removed from user {user!r}; {left} left, "
+        "its context is rebuilt from them on the next judgment"
+    )

@@ -20,6 +20,7 @@ import api.main
 from core.enums import TERMINAL_STATUSES
 from models.db import session_scope
 from models.keys import create_key, revoke_key
+from models.tenants import grant_prefix
 from models.tables import BatchItem, DimensionScore, EndUser, Judgment, ReferencePair, Tenant, UserContext
 from tasks.runtime import get_db
 from tests.integration.conftest import Stack
@@ -33,10 +34,21 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def new_key(tenant: str, name: str = "api-tests") -> tuple[int, str]:
-    """A fresh API key for `tenant` (created if new): (key row id, the key)."""
+TEST_PREFIX = "s3://pigreward-test/"
+"""Where the stack's test images live: granted to every tenant these tests make, unless asked not to."""
+
+
+def grant(tenant: str, prefix: str) -> None:
+    with session_scope(get_db()) as session:
+        grant_prefix(session=session, name=tenant, prefix=prefix)
+
+
+def new_key(tenant: str, name: str = "api-tests", *, prefix: str | None = TEST_PREFIX) -> tuple[int, str]:
+    """A fresh API key for `tenant` (created if new, granted `prefix`): (key row id, the key)."""
     with session_scope(get_db()) as session:
         row, key = create_key(session=session, tenant=tenant, name=name)
+        if prefix:
+            grant_prefix(session=session, name=tenant, prefix=prefix)
         return row.id, key  # type: ignore[return-value]
 
 

@@ -544,7 +544,6 @@ MALFORMED: list[tuple[str, str, str, dict[str, Any], tuple[Any, ...], str | None
         None,
     ),
     ("judgment-id-text", "GET", "/v1/judgments/abc", {}, ("path", "judgment_id"), "integer"),
-    ("batch-id-text", "GET", "/v1/batches/first", {}, ("path", "batch_id"), "integer"),
     ("user-path-bad-characters", "GET", "/v1/users/bad id", {}, ("path", "external_id"), "pattern"),
 ]
 
@@ -845,11 +844,12 @@ def test_reference_upload_stores_images_and_refuses_non_images(stack: Stack, cli
     }
     for field, bad in cases.items():
         resp = api_.post(path, data={"prompt": "broken"}, files=bad)
-        assert resp.status_code == 422, resp.text
-        assert resp.json()["detail"].startswith(f"{field}: "), resp.json()
+        assert_422(resp, ("body", field))
+        assert resp.json()["detail"][0]["msg"].startswith(f"{field}: "), resp.json()
     truncated = {"chosen": files["chosen"], "rejected": ("half.png", cold[: len(cold) // 2], "image/png")}
     resp = api_.post(path, data={"prompt": "truncated"}, files=truncated)
-    assert resp.status_code == 422 and resp.json()["detail"].startswith("rejected: "), resp.text
+    assert_422(resp, ("body", "rejected"))
+    assert resp.json()["detail"][0]["msg"].startswith("rejected: "), resp.text
     assert api_.ok("GET", "/v1/users/uploader")["references"] == 1
 
     # the worker can read what was uploaded: the context builds from it

@@ -14,6 +14,7 @@ import pytest
 
 from models.db import session_scope
 from models.keys import create_key
+from models.tenants import grant_prefix
 from ops.stack import REPO, free_port, wait_until
 from tasks import judge
 from tasks.runtime import get_db
@@ -64,6 +65,7 @@ def judged(stack):  # type: ignore[no-untyped-def]
     assert result["status"] == "done"
     with session_scope(get_db()) as session:
         _, key = create_key(session=session, tenant="viewer", name="viewer-test")
+        grant_prefix(session=session, name="viewer", prefix="s3://pigreward-test/viewer/")
     return result["judgment_id"], key
 
 
