@@ -20,8 +20,8 @@ import api.main
 from core.enums import TERMINAL_STATUSES
 from models.db import session_scope
 from models.keys import create_key, revoke_key
-from models.tenants import grant_prefix
 from models.tables import BatchItem, DimensionScore, EndUser, Judgment, ReferencePair, Tenant, UserContext
+from models.tenants import grant_prefix
 from tasks.runtime import get_db
 from tests.integration.conftest import Stack
 from tests.integration.helpers import image
