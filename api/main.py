@@ -10,12 +10,16 @@ import re
 
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ApiState
@@ -97,6 +101,16 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route | APIRoute) and route.methods:
+            match, _ = route.matches({**request.scope, "method": "__none__"})
+            if match != Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods - {"HEAD"}))
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     _redact_access_log()
@@ -123,6 +137,15 @@ def create_app() -> FastAPI:
         return JSONResponse(
             {"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's answer, except that a 405 lists in `Allow` every method of the path, not only
+        those of the first route that matched it."""
+        if exc.status_code == 405:
+            allowed = _allowed_methods(app, request)
+            return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allowed})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -158,7 +158,7 @@ JSONL_TYPES = ("application/x-ndjson", "application/jsonl")
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in JSONL_TYPES},
+            "content": {t: {"schema": {"type": "string"}} for t in JSONL_TYPES},
         }
     },
 )

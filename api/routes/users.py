@@ -137,7 +137,7 @@ def upload_reference(
     return ReferencePublic.model_validate(ref)
 
 
-@router.delete("/{external_id}/references/{reference_id}", responses=NOT_FOUND)
+@router.delete("/{external_id}/references/{reference_id:int}", responses=NOT_FOUND)
 def delete_reference(
     external_id: ExternalId, reference_id: DbId, session: SessionDep, tenant: TenantDep
 ) -> RemovedReference:
