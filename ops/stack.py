@@ -251,6 +251,7 @@ def _start_weed(weed: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
             "-s3",
             f"-s3.port={s3_port}",
             "-s3.port.iceberg=0",
+            "-s3.port.lance=0",  # its default port (9101) would clash with a second server
             *(f"-{flag}={port}" for flag, port in ports.items()),
             f"-filer.localSocket={folder / 'filer.sock'}",
             f"-s3.localSocket={folder / 's3.sock'}",

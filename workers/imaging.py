@@ -8,7 +8,7 @@ Pictures inside the limits can still be large (a 143 KB PNG may declare 7000x700
 decoded), so decoding is also gated per process: at most `decode_budget` pixels are decoded at once
 (`DecodeGate`; one picture over the budget decodes alone), and a big picture is shrunk by an
 integer factor straight after decoding, before any conversion copies it. A worker at `-c 64` fed
-only such pictures therefore holds about `decode_budget` x 4-5 bytes of pixels, not 64 x 200 MB.
+only such pictures therefore holds about `decode_budget` x 5-6 bytes of pixels, not 64 x 200 MB.
 """
 
 from __future__ import annotations
@@ -148,12 +148,25 @@ def _decode_small(img: Image.Image, budget: int) -> Image.Image:
     img.load()
     factor = max(1, math.isqrt(img.width * img.height // max(1, budget)))
     if factor > 1:
-        if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "La", "RGBa"):
+        if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
             img = img.convert("RGBA" if img.mode == "P" and "transparency" in img.info else "RGB")
-        img = img.reduce(factor)
+        img = _reduce(img, factor)
     img = _to_rgb(img)
     method = _TRANSPOSE.get(orientation)
     return img.transpose(method) if method is not None else img
+
+
+def _reduce(img: Image.Image, factor: int) -> Image.Image:
+    """`Image.reduce`, except that pictures with alpha are reduced one band at a time: Pillow reduces
+    them through a premultiplied full-size copy, which would double the memory of a huge decode."""
+    if img.mode not in ("LA", "RGBA"):
+        return img.reduce(factor)
+    alpha = img.getchannel("A").reduce(factor)
+    bands = [img.getchannel(b).reduce(factor) for b in img.getbands() if b != "A"]
+    small = Image.merge(img.mode[:-1], bands)
+    canvas = Image.new(small.mode, small.size, 255)
+    canvas.paste(small, mask=alpha)  # flattened on white, as `_to_rgb` does
+    return canvas
 
 
 _TRANSPOSE = {

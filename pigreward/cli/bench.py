@@ -161,3 +161,10 @@ def bench_request_shape(args: tuple[str, ...]) -> None:
 def bench_faults(args: tuple[str, ...]) -> None:
     """Judgments through real faults (kills, outages, broker loss, a misbehaving LVLM); see --help."""
     _run_throughput("faults", args)
+
+
+@bench.command("hostile-images", context_settings=_PASSTHROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_hostile_images(args: tuple[str, ...]) -> None:
+    """Distinct 7000x7000 PNGs through one -c 64 worker: peak RSS against the decode budget; see --help."""
+    _run_throughput("hostile_images", args)
