@@ -13,13 +13,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ApiState
@@ -101,14 +100,19 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
 def _allowed_methods(app: FastAPI, request: Request) -> str:
-    methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, Route | APIRoute) and route.methods:
-            match, _ = route.matches({**request.scope, "method": "__none__"})
-            if match != Match.NONE:
-                methods |= route.methods
-    return ", ".join(sorted(methods - {"HEAD"}))
+    """The methods some route fully matches for this path (routers included, at any depth)."""
+    allowed = [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def create_app() -> FastAPI:
