@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         100_000_000,
         ge=1,
         description="Pixels one process decodes at once (threads wait their turn): bounds a worker's "
-        "memory under hostile images at at most this x 8 bytes above idle.",
+        "memory under hostile images at most at this x 8 bytes above idle.",
     )
     pixel_budget: int = Field(
         448 * 448, description="Images are resized to at most this many pixels (Qwen2-VL: 448x448)."
