@@ -96,4 +96,5 @@ def test_schemathesis_finds_no_failure(live_api, tmp_path: Path) -> None:  # typ
     generated = re.search(r"(\d[\d,]*) generated", out)
     assert generated, out[-3000:]
     assert int(generated.group(1).replace(",", "")) >= 1000, out[-3000:]
+    sys.stderr.write(next(ln for ln in out.splitlines() if re.search(r"\d generated", ln)).strip() + "\n")
     assert "Traceback" not in api_log, api_log[-4000:]
