@@ -17,7 +17,6 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -142,8 +141,8 @@ def create_app() -> FastAPI:
             {"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
         )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         """FastAPI's answer, except that a 405 lists in `Allow` every method of the path, not only
         those of the first route that matched it."""
         if exc.status_code == 405:

@@ -462,7 +462,25 @@ def run_scenario(fs: FaultStack, scenario: Scenario, n: int, *, settle_s: float 
     back = _inject(fs, scenario, notes)
     counts = _wait(tag, n, 1.0, settle_s)
     _, rows, last = _ledger(tag)
+    drain_s = (last - back).total_seconds() if last and last > back else 0.0
+    return _result(fs, scenario, n, counts, rows, before, offsets, drain_s, notes)
+
+
+def _result(
+    fs: FaultStack,
+    scenario: Scenario,
+    n: int,
+    counts: dict[str, int],
+    rows: int,
+    before: dict[str, int],
+    offsets: Sequence[int],
+    drain_s: float | None,
+    notes: list[str],
+) -> Result:
+    """A scenario's outcome from the ledger counts, the sweepers' re-sends since `before` and the
+    workers' logs since `offsets` (each traceback's last line joins the notes)."""
     after = _resent_totals()
+    errors = fs.workers.tracebacks(offsets)
     return Result(
         fs.broker.kind,
         scenario.name,
@@ -473,8 +491,8 @@ def run_scenario(fs: FaultStack, scenario: Scenario, n: int, *, settle_s: float 
         stuck=rows - _finished(counts),
         resent={k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)},
         redundant=fs.workers.redundant(offsets),
-        drain_s=(last - back).total_seconds() if last and last > back else 0.0,
-        tracebacks=len(errors := fs.workers.tracebacks(offsets)),
+        drain_s=drain_s,
+        tracebacks=len(errors),
         notes=notes + sorted(set(errors)),
     )
 
@@ -491,27 +509,14 @@ def _run_backlog(
     wait_until(lambda: _resent_totals()["_sweeps"] - before["_sweeps"] >= 3, 600, "three sweeps")
     counts, rows, _ = _ledger(tag)
     busy = rows - _finished(counts)  # still waiting in the broker or running after three sweeps
-    counts = _wait(tag, n, 1.0, 3600)
-    after = _resent_totals()  # every sweep from the first submit to the last finished row
-    resent = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+    counts = _wait(tag, n, 1.0, 3600)  # re-sends counted over every sweep to the last finished row
     _, rows, _ = _ledger(tag)
-    return Result(
-        fs.broker.kind,
-        scenario.name,
-        n,
-        counts,
-        lost=max(0, n - rows),
-        duplicated=max(0, rows - n),
-        stuck=rows - _finished(counts),
-        resent=resent,
-        redundant=fs.workers.redundant(offsets),
-        drain_s=None,
-        tracebacks=len(fs.workers.tracebacks(offsets)),
-        notes=[
-            f"{resent.get('_sweeps', 0)} sweeps from the first submit to the last verdict; "
-            f"{busy} judgments still queued or running after the first three"
-        ],
-    )
+    sweeps = _resent_totals()["_sweeps"] - before["_sweeps"]
+    notes = [
+        f"{sweeps} sweeps from the first submit to the last verdict; "
+        f"{busy} judgments still queued or running after the first three"
+    ]
+    return _result(fs, scenario, n, counts, rows, before, offsets, None, notes)
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -413,3 +413,27 @@ def celery_worker(
                 proc.kill()
                 proc.wait(10)
         out.close()
+
+
+@contextmanager
+def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
+    """A real API process (`pigreward api`) on a free port, its output in `log`; yields its URL once
+    `/healthz` answers."""
+    import httpx
+
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pigreward.cli", "api", "--port", str(port)],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "pigreward api")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(20)

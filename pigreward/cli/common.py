@@ -25,15 +25,21 @@ def migrated_db() -> Engine:
     return get_db()
 
 
+def local_file(value: str) -> Path:
+    """A local path that must name a file; otherwise a usage error saying what it is instead."""
+    path = Path(value)
+    if not path.is_file():
+        reason = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise click.BadParameter(f"{value}: {reason}")
+    return path
+
+
 def as_uri(value: str, store: ImageStore) -> str:
     """URIs pass through; an existing local file outside the image root is copied in by content hash;
     a local path that is not a file is refused here, by name (not as "outside the image root")."""
     if "://" in value:
         return value
-    path = Path(value)
-    if not path.is_file():
-        reason = "is a folder, not a file" if path.is_dir() else "no such file"
-        raise click.BadParameter(f"{value}: {reason}")
+    path = local_file(value)
     try:
         store.resolve_file(str(path.resolve()))
         return f"file://{path.resolve().relative_to(store.root)}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from sqlmodel import Session
 
@@ -13,7 +11,7 @@ from models.db import session_scope
 from models.references import add_reference, list_references, remove_reference
 from models.tenants import ensure_tenant
 from models.users import ensure_user, find_user
-from pigreward.cli.common import as_uri, migrated_db
+from pigreward.cli.common import as_uri, local_file, migrated_db
 from tasks.config import image_loader
 from workers.imaging import ImageLoader, normalize
 
@@ -52,13 +50,8 @@ def refs_add(user: str, prompt: str, chosen: str, rejected: str) -> None:
 
 def _check_image(loader: ImageLoader, name: str, value: str) -> None:
     if "://" not in value:
-        path = Path(value)
-        if not path.is_file():
-            raise click.BadParameter(
-                f"{value}: {'is a folder, not a file' if path.is_dir() else 'no such file'}"
-            )
         try:
-            normalize(path.read_bytes(), value, loader.limits)
+            normalize(local_file(value).read_bytes(), value, loader.limits)
         except PermanentError as exc:
             raise click.BadParameter(exc.message, param_hint=name) from None
         return

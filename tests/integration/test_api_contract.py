@@ -8,9 +8,6 @@ with Retry-After; missing S3 credentials are a configuration error naming the se
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.errors import ConfigurationError
-from ops.stack import REPO, configured, free_port, wait_until
+from ops.stack import api_server, configured, free_port, wait_until
 from tasks import judge
 from tests.integration.api_helpers import Api, make_client, wait_for
 from tests.integration.conftest import Stack
@@ -42,23 +39,9 @@ def api_(client: TestClient) -> Api:
 
 @pytest.fixture(scope="module")
 def live_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    port = free_port()
     log_path = tmp_path_factory.mktemp("contract-api") / "api.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pigreward.cli", "api", "--port", str(port)],
-            cwd=REPO,
-            env={**os.environ, **stack.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "pigreward api")
-            yield url, log_path
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    with api_server(stack.env, log_path) as url:
+        yield url, log_path
 
 
 def test_key_login_by_query_never_reaches_the_access_log(live_api: tuple[str, Path], api_: Api) -> None:

@@ -15,13 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from models.db import session_scope
 from models.tenants import ensure_tenant
 from models.users import ensure_user
-from ops.stack import REPO, free_port, wait_until
+from ops.stack import REPO, api_server
 from tasks.runtime import get_db
 from tests.integration.api_helpers import new_key, unique
 from tests.integration.conftest import Stack
@@ -33,23 +32,9 @@ SEED = 20261129
 
 @pytest.fixture(scope="module")
 def live_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    port = free_port()
     log_path = tmp_path_factory.mktemp("st-api") / "api.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pigreward.cli", "api", "--port", str(port)],
-            cwd=REPO,
-            env={**os.environ, **stack.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "pigreward api")
-            yield url, log_path
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    with api_server(stack.env, log_path) as url:
+        yield url, log_path
 
 
 def test_schemathesis_finds_no_failure(live_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

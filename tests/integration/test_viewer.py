@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from models.db import session_scope
 from models.keys import create_key
 from models.tenants import grant_prefix
-from ops.stack import REPO, free_port, wait_until
+from ops.stack import api_server
 from tasks import judge
 from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
@@ -36,23 +35,8 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def server(stack, tmp_path_factory):  # type: ignore[no-untyped-def]
-    port = free_port()
-    log = (tmp_path_factory.mktemp("api") / "api.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pigreward.cli", "api", "--port", str(port)],
-        cwd=REPO,
-        env={**os.environ, **stack.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "pigreward api")
+    with api_server(stack.env, tmp_path_factory.mktemp("api") / "api.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
 
 
 @pytest.fixture(scope="module")
