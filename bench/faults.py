@@ -67,6 +67,9 @@ DRAIN_LIMIT_S = 120
 """Seconds from a dependency's return (or a kill) to the last finished judgment (the issue's goal)."""
 
 LVLM_FAULTS = Faults(unavailable=0.20, hang=0.05, garbage=0.05, loop=0.05)
+FAST_LVLM_FAULTS = Faults(unavailable=0.20, hang=0.05, garbage=0.05, loop=0.15)
+"""The small suite's mix: 100 judgments draw few loops at 5% (the only faults that end `invalid`),
+so it serves more of them to show each run that a looping answer is an invalid verdict."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ class FaultStack:
     users: list[str]
     uris: list[str]
     worker_env: dict[str, str]
+    lvlm_faults: Faults
 
 
 def _copy_logs(tmp: Path, target: Path) -> None:
@@ -321,7 +325,18 @@ def fault_stack(
         log(
             f"{broker_kind}: stack up ({len(names)} users, {len(uris)} images){' [fast recovery settings]' if fast else ''}"
         )
-        yield FaultStack(broker, db_proxy, s3_proxy, lvlm, workers, st, names, uris, worker_env)
+        yield FaultStack(
+            broker,
+            db_proxy,
+            s3_proxy,
+            lvlm,
+            workers,
+            st,
+            names,
+            uris,
+            worker_env,
+            FAST_LVLM_FAULTS if fast else LVLM_FAULTS,
+        )
 
 
 # -- a scenario -----------------------------------------------------------------------------------
@@ -452,7 +467,7 @@ def run_scenario(fs: FaultStack, scenario: Scenario, n: int, *, settle_s: float 
     notes: list[str] = []
     before, offsets = _resent_totals(), fs.workers.log_sizes()
     if scenario.kind == "lvlm":
-        fs.lvlm.faults, fs.lvlm.served = LVLM_FAULTS, type(fs.lvlm.served)()
+        fs.lvlm.faults, fs.lvlm.served = fs.lvlm_faults, type(fs.lvlm.served)()
         fs.lvlm.healed.clear()
     if scenario.kind == "backlog":
         return _run_backlog(fs, scenario, n, tag, before, offsets)
