@@ -228,6 +228,10 @@ def test_placeholders(old: str, new: str) -> None:
         ("* **Warm palette**: amber light (Score 1: 4, Score 2: 2)", "Warm palette", "amber light"),
         ("  Warm palette :   amber light   ( score 1 : 4 ,score 2:2 )  ", "Warm palette", "amber light"),
         ("Warm palette: ratio 3:2 framing. (Score 1: 4, Score 2: 2)", "Warm palette", "ratio 3:2 framing."),
+        ("Warm palette: amber light. (Score 1: 4/5, Score 2: 2/5)", "Warm palette", "amber light."),
+        ("Warm palette: amber light. (Score 1: 4 / 5, Score 2: 2)", "Warm palette", "amber light."),
+        ("Warm palette: amber light. (Score 1: 4.0, Score 2: 2.00)", "Warm palette", "amber light."),
+        ("Warm palette: (Score 1: 4, Score 2: 2)", "Warm palette", ""),
     ],
 )
 def test_dimension_line_variants(line: str, name: str, reason: str) -> None:
@@ -243,9 +247,10 @@ def test_dimension_line_variants(line: str, name: str, reason: str) -> None:
     [
         "Warm palette: amber light. (Score 1: 4)",  # one score only
         "Warm palette: amber light. (Score 2: 2, Score 1: 4)",  # swapped
-        "Warm palette: amber light. (Score 1: 4.5, Score 2: 2)",  # not an integer
-        "Warm palette: amber light. (Score 1: -4, Score 2: 2)",  # negative
-        "Warm palette: amber light. (Score 1: 104, Score 2: 2)",  # above 100
+        "Warm palette: amber light. (Score 1: 3/4, Score 2: 2)",  # a scale other than x/5
+        "Warm palette: amber light. (Score 1: 4, Score 2: 7/10)",  # a scale other than x/5
+        "Warm palette: amber light. (Score 1: 4,5, Score 2: 2)",  # a decimal comma
+        "Warm palette:amber light. (Score 1: 4, Score 2: 2)",  # no whitespace after the name's colon
         "Warm palette: amber light (Score 1: 3) and more. (Score 1: 4, Score 2: 2)",  # score in the reason
         "Warm palette amber light (Score 1: 4, Score 2: 2)",  # no name
         "The overall warmth and amber glow of the lantern-lit harbour scene that the user keeps choosing "
@@ -256,6 +261,151 @@ def test_malformed_dimension_lines(line: str) -> None:
     result = parse(PAPER.replace(PAPER.splitlines()[0], line))
     assert (result.outcome, result.reason, result.winner) == ("invalid", "malformed_scores", None)
     assert "line 1" in (result.detail or "")
+
+
+@pytest.mark.parametrize(
+    "line,name,reason",
+    [
+        (
+            "Aspect 16:9: Image 1 keeps the wide frame. (Score 1: 4, Score 2: 2)",
+            "Aspect 16:9",
+            "Image 1 keeps the wide frame.",
+        ),
+        (
+            "Colour: warm tones: Image 1 glows. (Score 1: 4, Score 2: 2)",
+            "Colour",
+            "warm tones: Image 1 glows.",
+        ),
+        ("**Aspect 16:9**: wide frame. (Score 1: 4, Score 2: 2)", "Aspect 16:9", "wide frame."),
+        ("**Aspect 16:9:** wide frame. (Score 1: 4, Score 2: 2)", "Aspect 16:9", "wide frame."),
+        ("*Aspect 16:9*: wide frame. (Score 1: 4, Score 2: 2)", "Aspect 16:9", "wide frame."),
+        ("__Aspect 16:9__: wide frame. (Score 1: 4, Score 2: 2)", "Aspect 16:9", "wide frame."),
+        ("2. Aspect 16:9 : wide: very. (Score 1: 4, Score 2: 2)", "Aspect 16:9", "wide: very."),
+        ("Time 10:30:00: late light. (Score 1: 4, Score 2: 2)", "Time 10:30:00", "late light."),
+        ("Colour:\twarm tones. (Score 1: 4, Score 2: 2)", "Colour", "warm tones."),
+    ],
+)
+def test_dimension_name_ends_at_the_first_colon_followed_by_whitespace(
+    line: str, name: str, reason: str
+) -> None:
+    result = parse(PAPER.replace(PAPER.splitlines()[0], line))
+    assert result.outcome == "valid", result.detail
+    assert (result.dimensions[0].name, result.dimensions[0].reason) == (name, reason)
+
+
+def test_line_without_colon_and_whitespace_has_no_name() -> None:
+    result = parse(PAPER.replace("Warm palette: Image 1", "Warm palette:Image 1"))
+    assert result.reason == "malformed_scores"
+    assert "line 1" in (result.detail or "") and "colon followed by a space" in (result.detail or "")
+
+
+def test_decimal_scores_and_totals() -> None:
+    text = PAPER.replace("(Score 1: 4, Score 2: 2)", "(Score 1: 4.5, Score 2: 2)")
+    text = text.replace("(Score 1: 1, Score 2: 4)", "(Score 1: 1, Score 2: 3.5)")
+    text = text.replace("Score 1: 4+3+1=8", "Score 1: 4.5+3+1=8.5").replace(
+        "Score 2: 2+3+4=9", "Score 2: 2+3+3.5=8.5"
+    )
+    result = parse(text.replace("Image 2 is better", "Tie"))
+    assert (result.outcome, result.winner, result.total_1, result.total_2) == ("valid", "tie", 8.5, 8.5), (
+        result.detail
+    )
+    assert [(d.score_1, d.score_2) for d in result.dimensions] == [(4.5, 2), (3, 3), (1, 3.5)]
+    assert all(isinstance(d.score_1, float) and isinstance(d.score_2, float) for d in result.dimensions)
+    assert isinstance(result.total_1, float) and isinstance(result.total_2, float)
+
+
+def test_float_sums_compare_with_a_tolerance() -> None:
+    # 1.1 + 2.2 is 3.3000000000000003 in binary floating point.
+    text = (
+        "Gravel: clean lines. (Score 1: 1.1, Score 2: 1.2)\n"
+        "Moss: richer green. (Score 1: 2.2, Score 2: 2.1)\n"
+        "Score 1: 1.1+2.2=3.3\nScore 2: 1.2+2.1=3.3\nTie\n"
+    )
+    result = parse(text)
+    assert (result.outcome, result.winner, result.total_1, result.total_2) == ("valid", "tie", 3.3, 3.3), (
+        result.detail
+    )
+    assert parse(text.replace("=3.3\nScore 2", "=3.4\nScore 2")).reason == "totals_mismatch"
+
+
+def test_decimal_verdict_against_totals() -> None:
+    text = PAPER.replace("(Score 1: 4, Score 2: 2)", "(Score 1: 4.5, Score 2: 2)").replace(
+        "Score 1: 4+3+1=8", "Score 1: 4.5+3+1=8.5"
+    )
+    assert parse(text).winner == "2"
+    result = parse(text.replace("Image 2 is better", "Image 1 is better"))
+    assert result.reason == "verdict_mismatch"
+    assert "8.5 vs 9," in (result.detail or "")
+
+
+@pytest.mark.parametrize(
+    "pair,scores", [("(Score 1: 4/5, Score 2: 2/5)", (4, 2)), ("(Score 1: 4.5/5, Score 2: 2)", (4.5, 2))]
+)
+def test_scores_out_of_five(pair: str, scores: tuple[float, float]) -> None:
+    text = PAPER.replace("(Score 1: 4, Score 2: 2)", pair)
+    if scores[0] == 4.5:
+        text = text.replace("Score 1: 4+3+1=8", "Score 1: 4.5+3+1=8.5")
+    result = parse(text)
+    assert result.outcome == "valid", result.detail
+    assert (result.dimensions[0].score_1, result.dimensions[0].score_2) == scores
+
+
+@pytest.mark.parametrize(
+    "pair,written",
+    [
+        ("(Score 1: 3/4, Score 2: 2)", "3/4"),
+        ("(Score 1: 4, Score 2: 7/10)", "7/10"),
+        ("(Score 1: 8/10, Score 2: 4/10)", "8/10"),
+    ],
+)
+def test_scores_on_another_scale_are_malformed(pair: str, written: str) -> None:
+    result = parse(PAPER.replace("(Score 1: 4, Score 2: 2)", pair))
+    assert (result.outcome, result.reason, result.winner) == ("invalid", "malformed_scores", None)
+    assert "line 1" in (result.detail or "") and written in (result.detail or "")
+
+
+@pytest.mark.parametrize(
+    "pair,img,written",
+    [
+        ("(Score 1: 0, Score 2: 2)", "1", "0"),
+        ("(Score 1: 4, Score 2: 6)", "2", "6"),
+        ("(Score 1: 5.5, Score 2: 2)", "1", "5.5"),
+        ("(Score 1: 0.5, Score 2: 2)", "1", "0.5"),
+        ("(Score 1: 6/5, Score 2: 2)", "1", "6/5"),
+        ("(Score 1: 0/5, Score 2: 2)", "1", "0/5"),
+        ("(Score 1: -1, Score 2: 2)", "1", "-1"),
+        ("(Score 1: 4, Score 2: -2)", "2", "-2"),
+        ("(Score 1: 104, Score 2: 2)", "1", "104"),
+    ],
+)
+def test_scores_outside_one_to_five(pair: str, img: str, written: str) -> None:
+    result = parse(PAPER.replace("(Score 1: 4, Score 2: 2)", pair))
+    assert (result.outcome, result.reason, result.winner) == ("invalid", "score_out_of_range", None)
+    assert f"line 1 gives Image {img} the score {written}," in (result.detail or "")
+    assert len(result.dimensions) == 3  # kept for diagnosis
+
+
+@pytest.mark.parametrize(
+    "pair", ["(Score 1: 1, Score 2: 5)", "(Score 1: 1.0, Score 2: 5.0)", "(Score 1: 1/5, Score 2: 5/5)"]
+)
+def test_scale_ends_are_in_range(pair: str) -> None:
+    text = PAPER.replace("(Score 1: 4, Score 2: 2)", pair)
+    text = text.replace("Score 1: 4+3+1=8", "Score 1: 1+3+1=5").replace(
+        "Score 2: 2+3+4=9", "Score 2: 5+3+4=12"
+    )
+    result = parse(text)
+    assert (result.outcome, result.winner) == ("valid", "2"), result.detail
+
+
+def test_score_out_of_range_comes_right_after_malformed_scores() -> None:
+    assert REASONS.index("score_out_of_range") == REASONS.index("malformed_scores") + 1
+    out = PAPER.replace("(Score 1: 4, Score 2: 2)", "(Score 1: 6, Score 2: 2)")
+    # a malformed line later in the text still wins ...
+    assert parse(out.replace("(Score 1: 1, Score 2: 4)", "(Score 1: 1)")).reason == "malformed_scores"
+    # ... and out of range beats the totals (which no longer add up) and the verdict checks.
+    assert parse(out).reason == "score_out_of_range"
+    assert parse(out.replace("Score 1: 4+3+1=8\n", "")).reason == "score_out_of_range"
+    assert parse(out.replace("Image 2 is better\n", "")).reason == "score_out_of_range"
 
 
 def test_score_mention_in_free_text_is_malformed() -> None:
@@ -292,6 +442,126 @@ def test_totals_errors(line: str, reason: str) -> None:
     result = parse(PAPER.replace("Score 1: 4+3+1=8", line))
     assert (result.outcome, result.reason, result.winner) == ("invalid", reason, None)
     assert "line 4" in (result.detail or "")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Score 1: 4+3+1=8, Score 2: 2+3+4=9",
+        "Score 1: 8; Score 2: 9",
+        "Score 1: 8 | Score 2: 9",
+        "Score 1: 8  Score 2: 9",
+        "Score 1: 8 Score 2: 9.",
+        "Score 1: 4 + 3 + 1 = 8 , Score 2: 9",
+        "Total score 1: 8, Total score 2: 9",
+        "**Score 1:** 8, **Score 2:** 9",
+        "**Total score 1**: 4+3+1=8 | **Total score 2**: 2+3+4=9",
+        "Total: Score 1: 8, Score 2: 9",
+        "**Totals:** Score 1: 8; Score 2: 9",
+        "- Score 1: 8, Score 2: 9",
+        "Score 2: 9, Score 1: 8",
+    ],
+)
+def test_one_line_totals(line: str) -> None:
+    result = parse(PAPER.replace("Score 1: 4+3+1=8\nScore 2: 2+3+4=9", line))
+    assert (result.outcome, result.total_1, result.total_2, result.winner) == ("valid", 8, 9, "2"), (
+        result.detail
+    )
+
+
+@pytest.mark.parametrize(
+    "line,reason,detail",
+    [
+        ("Score 1: 8, Score 2: 10", "totals_mismatch", "line 4 gives Image 2 a total of 10 but"),
+        ("Score 1: 4+3+1=8; Score 2: 2+3+4=10", "totals_mismatch", "line 4 says 2+3+4=10 for Image 2"),
+        ("Score 1: 1+3+4=8 | Score 2: 9", "totals_mismatch", "line 4 adds 1+3+4 for Image 1"),
+        ("Score 1: 4+3+1, Score 2: 9", "malformed_scores", "line 4 sums Image 1's scores"),
+        ("Score 1: 8, Score 1: 8", "malformed_scores", "line 4 repeats the total for Image 1"),
+        ("Score 1: 8, Image 2: 9", "malformed_scores", "line 4"),
+        ("Score 1: 8 / Score 2: 9", "malformed_scores", "line 4"),
+        ("Score 1: 8/15, Score 2: 9/15", "malformed_scores", "line 4 writes a total as a fraction"),
+    ],
+)
+def test_one_line_totals_errors(line: str, reason: str, detail: str) -> None:
+    result = parse(PAPER.replace("Score 1: 4+3+1=8\nScore 2: 2+3+4=9", line))
+    assert (result.outcome, result.reason, result.winner) == ("invalid", reason, None)
+    assert detail in (result.detail or ""), result.detail
+
+
+def test_one_line_totals_with_a_separate_total_is_a_repeat() -> None:
+    result = parse(PAPER.replace("Score 2: 2+3+4=9", "Score 1: 8, Score 2: 9"))
+    assert result.reason == "malformed_scores"
+    assert "line 5 repeats the total for Image 1 already given on line 4" in (result.detail or "")
+
+
+def test_one_line_totals_after_the_verdict_are_malformed() -> None:
+    text = PAPER.replace(
+        "Score 1: 4+3+1=8\nScore 2: 2+3+4=9\nImage 2 is better", "Image 2 is better\nScore 1: 8, Score 2: 9"
+    )
+    result = parse(text)
+    assert result.reason == "malformed_scores"
+    assert "after the verdict" in (result.detail or "")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Score 1: X | Score 2: Y",
+        "Score 1: X  Score 2: Y",
+        "Score 1: 8, Score 2: total",
+        "Score 1: 8 | Score 2: |",
+    ],
+)
+def test_one_line_totals_placeholders(line: str) -> None:
+    assert parse(PAPER.replace("Score 1: 4+3+1=8\nScore 2: 2+3+4=9", line)).reason == "placeholder"
+
+
+@pytest.mark.parametrize(
+    "line,total",
+    [("Score 1: 4.5+3+1=8.5", 8.5), ("Score 1: 8.5", 8.5), ("**Score 1:** 4.5 + 3 + 1 = 8.50", 8.5)],
+)
+def test_decimal_totals(line: str, total: float) -> None:
+    text = PAPER.replace("(Score 1: 4, Score 2: 2)", "(Score 1: 4.5, Score 2: 2)")
+    result = parse(text.replace("Score 1: 4+3+1=8", line))
+    assert (result.outcome, result.total_1, result.winner) == ("valid", total, "2"), result.detail
+
+
+@pytest.mark.parametrize(
+    "line,detail",
+    [
+        ("Score 1: 8/15", "line 4 writes a total as a fraction"),
+        ("Score 1: 4/5+3+1=8", "line 4 writes a total as a fraction"),
+        ("Score 1: -8", "line 4"),
+    ],
+)
+def test_fractions_and_signs_in_totals_are_malformed(line: str, detail: str) -> None:
+    result = parse(PAPER.replace("Score 1: 4+3+1=8", line))
+    assert (result.outcome, result.reason) == ("invalid", "malformed_scores")
+    assert detail in (result.detail or ""), result.detail
+
+
+@pytest.mark.parametrize(
+    "old,new,detail",
+    [
+        ("Score 1: 4+3+1=8", "Score 1: 4+3+1=9", "line 4 says 4+3+1=9 for Image 1 but the terms add up to 8"),
+        (
+            "Score 1: 4+3+1=8",
+            "Score 1: 9.0",
+            "line 4 gives Image 1 a total of 9 but its dimension scores add up to 8",
+        ),
+        (
+            "Score 1: 4+3+1=8",
+            "Score 1: 4.0+3+1.50=8.5",
+            "line 4 adds 4+3+1.5 for Image 1 but its dimension scores are 4+3+1",
+        ),
+    ],
+)
+def test_totals_mismatch_details_print_whole_numbers_without_decimals(
+    old: str, new: str, detail: str
+) -> None:
+    result = parse(PAPER.replace(old, new))
+    assert result.reason == "totals_mismatch"
+    assert result.detail == detail
 
 
 def test_missing_second_total() -> None:

@@ -9,6 +9,28 @@ The judge writes one line per evaluation dimension, then the two totals, then th
     Score 2: 2+3+4=9
     Image 2 is better
 
+Accepted forms:
+
+- Dimension line: ``name: reason (Score 1: a, Score 2: b)``, optionally after a list marker (``1.``,
+  ``2)``, ``-``, ``*``, a bullet, ``+``), with the name plain, ``**bold**:``, ``**bold:**``,
+  ``*italic*:`` or ``__bold__:``. The name ends at the first colon that is followed by whitespace;
+  a colon not followed by whitespace belongs to the name (``Aspect 16:9: wide frame`` is the name
+  ``Aspect 16:9``), and later colons belong to the reason (``Colour: warm tones: ...`` is the name
+  ``Colour`` with the reason ``warm tones: ...``). A line with no colon followed by whitespace has no
+  name (``malformed_scores``).
+- Scores are on the 1-5 scale, whole or decimal (``4``, ``4.5``), and may be written ``x/5``
+  (``4/5`` is 4). Any other denominator (``3/4``, ``7/10``) is ``malformed_scores``; a score below 1
+  or above 5 (``0``, ``5.5``, ``6/5``, ``-1``) is ``score_out_of_range``. A minus sign is read as
+  part of a dimension score, so a negative score is out of range, not malformed.
+- Totals: ``Score 1: 4+3+1=8`` (spaces around ``+``/``=`` allowed), or the plain ``Score 1: 8``, with
+  decimals allowed (``Score 1: 4.5+3+1=8.5``), an optional ``Total`` before ``score`` and bold
+  markers (``**Score 1:** 8``). Both totals may be on one line, separated by ``,``, ``;``, ``|`` or
+  whitespace (``Score 1: 4+3+1=8, Score 2: 2+3+4=9``, ``Score 1: 8 | Score 2: 9``), optionally
+  after a ``Total:``/``Totals:`` label; such a line must carry both images' totals. Totals are sums,
+  not range-checked, never fractions (``Score 1: 8/15`` is ``malformed_scores``) and never negative.
+  A sum must list the dimension scores in order, and numbers are compared after rounding to 3
+  decimals.
+
 A verdict is never guessed. The checks run in a fixed order and the first failure wins:
 
 1. ``empty``        blank text
@@ -18,11 +40,12 @@ A verdict is never guessed. The checks run in a fixed order and the first failur
                     phrase of 8+ characters looping 3+ times inside one line
 4. ``placeholder``  template slots instead of numbers (``Score 1: total``, ``(Score 1: N, Score 2: M)``,
                     ``<score>``, ``[score]``, ``Score 1: ?``, ``Image X is better``...)
-5. structure, in this order: ``malformed_scores``, ``no_dimensions``, ``missing_totals``,
-   ``totals_mismatch``, ``missing_verdict``, ``contradicting_verdicts``, ``verdict_mismatch``.
+5. structure, in this order: ``malformed_scores``, ``score_out_of_range`` (a dimension score outside
+   1-5), ``no_dimensions``, ``missing_totals``, ``totals_mismatch``, ``missing_verdict``,
+   ``contradicting_verdicts``, ``verdict_mismatch``.
 
 An invalid result always has ``winner=None`` and a one-sentence ``detail``; for structural failures the
-dimensions and totals read so far are kept for diagnosis only.
+dimensions and totals read so far are kept for diagnosis only (out-of-range dimensions included).
 """
 
 from __future__ import annotations
@@ -41,6 +64,7 @@ ParseReason = Literal[
     "placeholder",
     "no_dimensions",
     "malformed_scores",
+    "score_out_of_range",
     "missing_totals",
     "totals_mismatch",
     "missing_verdict",
@@ -50,15 +74,17 @@ ParseReason = Literal[
 
 Winner = Literal["1", "2", "tie"]
 
-MAX_SCORE = 100
+MIN_SCORE = 1.0  # the judge's scale is 1-5 per dimension
+MAX_SCORE = 5.0
+SCORE_DENOMINATOR = 5  # "4/5" is read as 4; any other denominator is malformed
 MAX_NAME_LEN = 80
 
 
 class ParsedDimension(BaseModel):
     name: str
     reason: str
-    score_1: int
-    score_2: int
+    score_1: float
+    score_2: float
 
 
 class ParsedJudgment(BaseModel):
@@ -66,8 +92,8 @@ class ParsedJudgment(BaseModel):
     reason: ParseReason | None = None  # machine-readable, None when valid
     detail: str | None = None  # one human sentence: what exactly was wrong (line number / text)
     dimensions: list[ParsedDimension] = []
-    total_1: int | None = None
-    total_2: int | None = None
+    total_1: float | None = None
+    total_2: float | None = None
     winner: Winner | None = None  # None whenever invalid
     preamble: str = ""  # free text before the first dimension line, if any
 
@@ -81,24 +107,55 @@ _FLAGS = re.IGNORECASE
 # "1. ", "2) ", "- ", "* ", "• ", "+ " before a dimension or totals line.
 _MARKER = r"(?:(?:\d{1,2}[.)]|[-*\u2022+])\s+)?"
 
+# A number as the judge writes it: "4", "4.5". Dimension scores may carry a sign ("-1" is read, and is
+# out of range) and a denominator ("4/5"); totals may not.
+_NUM = r"\d{1,4}(?:\.\d{1,4})?"
+_SCORE = r"[-\u2212]?" + _NUM
+
+# A name character: anything but a colon followed by whitespace (that colon ends the name).
+_NAME_CH = r"(?:[^:\n]|:(?!\s))"
+
 # name: reason (Score 1: a, Score 2: b)   -- name plain, **bold**:, **bold:**, *italic*: or __bold__:
+# The name ends at the first colon followed by whitespace ("Aspect 16:9: wide" is the name "Aspect 16:9").
 _DIM_RE = re.compile(
     r"^" + _MARKER + r"(?:"
-    r"(?P<w1>\*\*|__|\*|_)(?P<n1>[^\s:*_](?:[^:\n]*?[^\s:*_])?)(?P=w1)\s*:"
-    r"|(?P<w2>\*\*|__|\*|_)(?P<n2>[^\s:*_](?:[^:\n]*?[^\s:*_])?)\s*:\s*(?P=w2)"
-    r"|(?P<n3>[^\s:*](?:[^:\n]*?[^\s:])?)\s*:"
-    r")\s*(?P<reason>.*?)\s*"
-    r"\(\s*score\s*1\s*[:=]\s*(?P<s1>\d{1,4})\s*[,;]\s*score\s*2\s*[:=]\s*(?P<s2>\d{1,4})\s*\)"
+    r"(?P<w1>\*\*|__|\*|_)(?P<n1>[^\s:*_](?:" + _NAME_CH + r"*?[^\s:*_])?)(?P=w1)\s*:"
+    r"|(?P<w2>\*\*|__|\*|_)(?P<n2>[^\s:*_](?:" + _NAME_CH + r"*?[^\s:*_])?)\s*:\s*(?P=w2)"
+    r"|(?P<n3>[^\s:*](?:" + _NAME_CH + r"*?[^\s:])?)\s*:"
+    r")\s+(?P<reason>.*?)\s*"
+    r"\(\s*score\s*1\s*[:=]\s*(?P<s1>" + _SCORE + r")(?:\s*/\s*(?P<d1>\d{1,4}))?"
+    r"\s*[,;]\s*score\s*2\s*[:=]\s*(?P<s2>" + _SCORE + r")(?:\s*/\s*(?P<d2>\d{1,4}))?\s*\)"
     r"\s*\.?$",
     _FLAGS,
 )
 
-# Score 1: 4+3+1=8 | Score 1: 4 + 3 + 1 = 8 | Score 1: 8 | **Score 1:** 8 | Total score 1: 8
-_TOTAL_RE = re.compile(
-    r"^" + _MARKER + r"(?:\*\*|__)?\s*(?:total\s+)?score\s*(?P<img>[12])\s*(?:\*\*|__)?\s*[:=]\s*"
-    r"(?:\*\*|__)?\s*(?P<expr>\d{1,4}(?:\s*\+\s*\d{1,4})*(?:\s*=\s*\d{1,4})?)\s*(?:\*\*|__)?\s*\.?$",
+# One total: Score 1: 4+3+1=8 | Score 1: 4 + 3 + 1 = 8 | Score 1: 8 | **Score 1:** 8 | Total score 1: 8.5
+_BOLD = r"(?:\*\*|__)?"
+
+
+def _total_segment(suffix: str) -> str:
+    expr = rf"{_NUM}(?:\s*\+\s*{_NUM})*(?:\s*=\s*{_NUM})?"
+    return (
+        rf"{_BOLD}\s*(?:total\s+)?score\s*(?P<img{suffix}>[12])\s*{_BOLD}\s*[:=]\s*{_BOLD}"
+        rf"\s*(?P<expr{suffix}>{expr})\s*{_BOLD}"
+    )
+
+
+_TOTAL_RE = re.compile(rf"^{_MARKER}{_total_segment('')}\s*\.?$", _FLAGS)
+
+# Both totals on one line: "Score 1: 8, Score 2: 9", "Score 1: 8; Score 2: 9", "Score 1: 8 | Score 2: 9",
+# "Score 1: 8  Score 2: 9", optionally after a "Total:"/"Totals:" label.
+_TOTALS_LABEL = rf"(?:{_BOLD}\s*totals?\s*{_BOLD}\s*:\s*{_BOLD}\s*)?"
+_TOTALS_PAIR_RE = re.compile(
+    rf"^{_MARKER}{_TOTALS_LABEL}{_total_segment('')}(?:\s*[,;|]\s*|\s+){_total_segment('_b')}\s*\.?$",
     _FLAGS,
 )
+
+# A line that ends like a dimension line, whatever comes before ("... (Score 1: 4, Score 2: 2).").
+_PAIR_TAIL = re.compile(r"\(\s*score\s*1\s*[:=][^()\n]*score\s*2\s*[:=][^()\n]*\)\s*\.?$", _FLAGS)
+
+# "8/15" in a line that starts like a totals line: totals are never fractions.
+_FRACTION = re.compile(r"\d\s*/\s*\d")
 
 # Any mention of "Score 1"/"Score 2" (not "score 1-4", the scale).
 _SCORE_MENTION = re.compile(r"\bscore\s*[12](?!\d)(?!\s*[-\u2013]\s*\d)", _FLAGS)
@@ -109,7 +166,12 @@ _SCORE_LINE_START = re.compile(r"^[\W_]*score\s*[12](?!\d)", _FLAGS)
 # ---- placeholders ----------------------------------------------------------------------------------
 
 # The value slot after "Score N:" up to the next ',', ';', ')' or end of line.
-_SLOT = re.compile(r"\bscore\s*[12](?!\d)\s*[:=]\s*(?P<slot>[^,;)\n]*)(?P<end>[,;)]|$)", _FLAGS | re.M)
+# (It also stops before the next "Score N", for one-line totals such as "Score 1: X  Score 2: Y".)
+_SLOT = re.compile(
+    r"\bscore\s*[12](?!\d)\s*[:=]\s*(?P<slot>(?:(?!\bscore\s*[12](?!\d))[^,;|)\n])*)"
+    r"(?P<end>[,;|)]|$|(?=\bscore\s*[12](?!\d)))",
+    _FLAGS | re.M,
+)
 _PLACEHOLDER_TERM = re.compile(
     r"(?:[a-z]|[a-z]_?\d|total|sum|score|value|number|num|int|integer|tbd|n/?a|none|null"
     r"|\?+|_+|-+|\u2014|\u2013|\.{2,}|\u2026|\#+|<[^<>]*>|\[[^\[\]]*\]|\{[^{}]*\})",
@@ -217,6 +279,21 @@ def _snip(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _fmt(value: float) -> str:
+    """A number for a message: at most 3 decimals, no trailing zeros, no '.0' on whole numbers."""
+    text = f"{round(value, 3):.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _close(a: float, b: float) -> bool:
+    """Equal for the judge's purposes: the same after rounding to 3 decimals."""
+    return abs(round(a, 3) - round(b, 3)) < 1e-6
+
+
+def _num(text: str) -> float:
+    return float(text.replace("\u2212", "-"))
+
+
 def _norm(line: str) -> str:
     return " ".join(line.split()).casefold()
 
@@ -286,7 +363,7 @@ def _find_placeholder(lines: list[str]) -> str | None:
         for match in _SLOT.finditer(line):
             slot = match.group("slot").strip()
             if not slot:
-                if match.group("end") in (",", ";", ")"):
+                if match.group("end") in (",", ";", "|", ")"):
                     return f"line {no} leaves a score slot empty: {_snip(line)!r}"
                 continue
             for term in re.split(r"[+=]", slot):
@@ -348,8 +425,8 @@ def _loose_verdicts(line: str) -> list[str]:
 class _Totals:
     line: int
     text: str
-    total: int
-    terms: list[int] | None
+    total: float
+    terms: list[float] | None
 
 
 @dataclass
@@ -360,20 +437,53 @@ class _Scan:
     # (line number, direction, strong?) for every verdict statement
     verdicts: list[tuple[int, str, bool]] = field(default_factory=list)
     malformed: str | None = None
+    out_of_range: str | None = None  # the first dimension score outside 1-5
 
     def flag(self, detail: str) -> None:
         if self.malformed is None:
             self.malformed = detail
 
 
-def _parse_totals(no: int, line: str, match: re.Match[str]) -> _Totals | None:
-    expr = re.sub(r"\s+", "", match.group("expr"))
+def _parse_totals(no: int, line: str, expr: str) -> _Totals | None:
+    expr = re.sub(r"\s+", "", expr)
     if "=" in expr:
         lhs, rhs = expr.split("=")
-        return _Totals(no, line, int(rhs), [int(t) for t in lhs.split("+")])
+        return _Totals(no, line, float(rhs), [float(t) for t in lhs.split("+")])
     if "+" in expr:
         return None  # a sum without its stated total
-    return _Totals(no, line, int(expr), None)
+    return _Totals(no, line, float(expr), None)
+
+
+def _read_totals(
+    scan: _Scan, no: int, line: str, found: list[tuple[str, str]], first_strong: int | None
+) -> None:
+    """Record the totals (image, expression) found on one line, flagging sums without a total and repeats."""
+    for img, expr in found:
+        totals = _parse_totals(no, line, expr)
+        if totals is None:
+            scan.flag(f"line {no} sums Image {img}'s scores without stating the total: {_snip(line)!r}")
+        elif img in scan.totals:
+            where = "the same line" if scan.totals[img].line == no else f"line {scan.totals[img].line}"
+            scan.flag(f"line {no} repeats the total for Image {img} already given on {where}")
+        else:
+            scan.totals[img] = totals
+    if first_strong is not None:
+        scan.flag(f"line {no} gives a total after the verdict on line {first_strong}")
+
+
+def _dimension_scores(no: int, line: str, match: re.Match[str]) -> tuple[float, float, str | None]:
+    """The two scores of a dimension line and, if one is written x/N with N other than 5, why it is malformed."""
+    scores: list[float] = []
+    problem: str | None = None
+    for i in ("1", "2"):
+        raw, denominator = match.group(f"s{i}"), match.group(f"d{i}")
+        scores.append(_num(raw))
+        if denominator is not None and int(denominator) != SCORE_DENOMINATOR and problem is None:
+            problem = (
+                f"line {no} writes Score {i} as {raw}/{denominator}, but only x/{SCORE_DENOMINATOR} is read "
+                f"as a score on the 1-5 scale: {_snip(line)!r}"
+            )
+    return scores[0], scores[1], problem
 
 
 def _scan(lines: list[str]) -> _Scan:
@@ -384,33 +494,31 @@ def _scan(lines: list[str]) -> _Scan:
         if not line:
             continue
 
+        pair_match = _TOTALS_PAIR_RE.match(line)
+        if pair_match:
+            found = [(pair_match.group("img"), pair_match.group("expr"))]
+            found.append((pair_match.group("img_b"), pair_match.group("expr_b")))
+            _read_totals(scan, no, line, found, first_strong)
+            continue
+
         total_match = _TOTAL_RE.match(line)
         if total_match:
-            img = total_match.group("img")
-            totals = _parse_totals(no, line, total_match)
-            if totals is None:
-                scan.flag(f"line {no} sums Image {img}'s scores without stating the total: {_snip(line)!r}")
-            elif img in scan.totals:
-                scan.flag(
-                    f"line {no} repeats the total for Image {img} already given on line {scan.totals[img].line}"
-                )
-            else:
-                scan.totals[img] = totals
-            if first_strong is not None:
-                scan.flag(f"line {no} gives a total after the verdict on line {first_strong}")
+            _read_totals(
+                scan, no, line, [(total_match.group("img"), total_match.group("expr"))], first_strong
+            )
             continue
 
         dim_match = _DIM_RE.match(line)
         if dim_match:
             name = (dim_match.group("n1") or dim_match.group("n2") or dim_match.group("n3")).strip()
             reason = dim_match.group("reason").strip()
-            s1, s2 = int(dim_match.group("s1")), int(dim_match.group("s2"))
+            s1, s2, bad_scale = _dimension_scores(no, line, dim_match)
             if _SCORE_MENTION.search(name) or _SCORE_MENTION.search(reason):
                 scan.flag(f"line {no} mentions a score outside its (Score 1, Score 2) pair: {_snip(line)!r}")
             elif len(name) > MAX_NAME_LEN or not _ALNUM.search(name):
                 scan.flag(f"line {no} has no usable dimension name before its colon: {_snip(line)!r}")
-            elif s1 > MAX_SCORE or s2 > MAX_SCORE:
-                scan.flag(f"line {no} has a score above {MAX_SCORE}: {_snip(line)!r}")
+            elif bad_scale is not None:
+                scan.flag(bad_scale)
             elif first_strong is not None:
                 scan.flag(f"line {no} gives a dimension after the verdict on line {first_strong}")
             elif scan.totals:
@@ -419,6 +527,30 @@ def _scan(lines: list[str]) -> _Scan:
                 if scan.first_dim_line is None:
                     scan.first_dim_line = no
                 scan.dimensions.append(ParsedDimension(name=name, reason=reason, score_1=s1, score_2=s2))
+                for img, score in (("1", s1), ("2", s2)):
+                    if scan.out_of_range is None and not MIN_SCORE <= score <= MAX_SCORE:
+                        written = dim_match.group(f"s{img}")
+                        if dim_match.group(f"d{img}") is not None:
+                            written += f"/{dim_match.group(f'd{img}')}"
+                        scan.out_of_range = (
+                            f"line {no} gives Image {img} the score {written}, outside the "
+                            f"{_fmt(MIN_SCORE)}-{_fmt(MAX_SCORE)} scale: {_snip(line)!r}"
+                        )
+            continue
+
+        pair_tail = _PAIR_TAIL.search(line)
+        if pair_tail and not re.search(r":\s", line[: pair_tail.start()]):
+            scan.flag(
+                f"line {no} has a (Score 1, Score 2) pair but no 'name: ' (a colon followed by a space) "
+                f"before its reason: {_snip(line)!r}"
+            )
+            continue
+
+        if _SCORE_LINE_START.match(line) and _FRACTION.search(line):
+            scan.flag(
+                f"line {no} writes a total as a fraction; totals are plain sums, and only dimension "
+                f"scores may be written x/{SCORE_DENOMINATOR}: {_snip(line)!r}"
+            )
             continue
 
         if _SCORE_MENTION.search(line):
@@ -486,6 +618,9 @@ def parse(text: str, finish_reason: str | None = None) -> ParsedJudgment:
     if scan.malformed:
         return _invalid("malformed_scores", scan.malformed, **partial)
 
+    if scan.out_of_range:
+        return _invalid("score_out_of_range", scan.out_of_range, **partial)
+
     if not scan.dimensions:
         return _invalid("no_dimensions", "no line has the form 'name: reason (Score 1: n, Score 2: m)'")
 
@@ -501,25 +636,29 @@ def parse(text: str, finish_reason: str | None = None) -> ParsedJudgment:
     for img, totals in (("1", t1), ("2", t2)):
         dim_scores = [d.score_1 if img == "1" else d.score_2 for d in scan.dimensions]
         expected = sum(dim_scores)
-        if totals.terms is not None and totals.terms != dim_scores:
+        terms = totals.terms
+        if terms is not None and (
+            len(terms) != len(dim_scores)
+            or not all(_close(t, d) for t, d in zip(terms, dim_scores, strict=True))
+        ):
             return _invalid(
                 "totals_mismatch",
-                f"line {totals.line} adds {'+'.join(map(str, totals.terms))} for Image {img} but its "
-                f"dimension scores are {'+'.join(map(str, dim_scores))}",
+                f"line {totals.line} adds {'+'.join(map(_fmt, terms))} for Image {img} but its "
+                f"dimension scores are {'+'.join(map(_fmt, dim_scores))}",
                 **partial,
             )
-        if totals.terms is not None and sum(totals.terms) != totals.total:
+        if terms is not None and not _close(sum(terms), totals.total):
             return _invalid(
                 "totals_mismatch",
-                f"line {totals.line} says {'+'.join(map(str, totals.terms))}={totals.total} for Image {img} "
-                f"but the terms add up to {sum(totals.terms)}",
+                f"line {totals.line} says {'+'.join(map(_fmt, terms))}={_fmt(totals.total)} for Image {img} "
+                f"but the terms add up to {_fmt(sum(terms))}",
                 **partial,
             )
-        if totals.total != expected:
+        if not _close(totals.total, expected):
             return _invalid(
                 "totals_mismatch",
-                f"line {totals.line} gives Image {img} a total of {totals.total} but its dimension scores "
-                f"add up to {expected}",
+                f"line {totals.line} gives Image {img} a total of {_fmt(totals.total)} but its dimension "
+                f"scores add up to {_fmt(expected)}",
                 **partial,
             )
 
@@ -548,11 +687,12 @@ def parse(text: str, finish_reason: str | None = None) -> ParsedJudgment:
             **partial,
         )
 
-    by_totals: Winner = "tie" if t1.total == t2.total else ("1" if t1.total > t2.total else "2")
+    by_totals: Winner = "tie" if _close(t1.total, t2.total) else ("1" if t1.total > t2.total else "2")
     if first_dir != by_totals:
         return _invalid(
             "verdict_mismatch",
-            f"line {first_no} says {_describe(first_dir)} but the totals are {t1.total} vs {t2.total}, "
+            f"line {first_no} says {_describe(first_dir)} but the totals are {_fmt(t1.total)} vs "
+            f"{_fmt(t2.total)}, "
             f"so {_describe(by_totals)}",
             **partial,
         )
