@@ -127,6 +127,7 @@ class JudgmentPublic(BaseModel):
     judge_model: str | None
     model_revision: str | None
     template_version: str | None
+    decoding: dict[str, Any]
     swap: bool
     attempts: int
     usage: dict[str, int]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, computed_field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,7 +96,34 @@ class Settings(BaseSettings):
     reasoner_max_tokens: int = Field(256, description="Token limit of one rationale.")
     temperature: float = Field(0.0, description="Sampling temperature (0 = greedy, repeatable).")
     top_p: float = 1.0
+    top_k: int = Field(-1, description="Top-k cut; -1 = off.")
+    min_p: float = 0.0
+    repetition_penalty: float = Field(
+        1.05, description="Sent on every request (1.05: Qwen2-VL's released generation_config value)."
+    )
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: list[str] = Field(default_factory=list, description="Stop strings sent with every request.")
     seed: int | None = 0
+    grammar: Literal["off", "ebnf", "regex"] = Field(
+        "off",
+        description="pigreward-v1 loop control: off, ebnf (format and arithmetic enforced) or regex "
+        "(format only). Off until measured on the real weights.",
+    )
+    context_length: int | None = Field(
+        None,
+        ge=512,
+        description="Tokens a judge prompt + answer may use; None: what the server reports "
+        "(max_model_len), else 8192. Contexts that do not fit drop their oldest rationales.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Local path or HF-cache id of the judge's tokenizer (and preprocessor config), used "
+        "to count prompt tokens before sending; None: hf_judge_model. Never downloaded.",
+    )
+    sglang_server: Literal["sglang", "vllm"] = Field(
+        "sglang", description="Dialect of the judge server's extra fields: sglang or vllm."
+    )
     sglang_url: str = Field(
         "http://127.0.0.1:30000", description="Judge server (SGLang or OpenAI-compatible)."
     )

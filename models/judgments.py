@@ -70,6 +70,7 @@ VERDICT_COLUMNS = (
     "judge_model",
     "model_revision",
     "template_version",
+    "decoding",
     "swap",
     "timings",
     "usage",
@@ -95,6 +96,7 @@ class VerdictRecord(BaseModel):
     judge_model: str | None = None
     model_revision: str | None = None
     template_version: str | None = None
+    decoding: dict[str, Any] = Field(default_factory=dict)
     swap: bool = False
     timings: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, int] = Field(default_factory=dict)

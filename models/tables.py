@@ -196,6 +196,8 @@ class Judgment(SQLModel, table=True):
     judge_model: str | None = Field(default=None, max_length=200)
     model_revision: str | None = Field(default=None, max_length=100)
     template_version: str | None = Field(default=None, max_length=50)
+    # every decoding parameter the verdict was produced with (a change makes it stale)
+    decoding: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     swap: bool = False
     status: JudgmentStatus = Field(
         default=JudgmentStatus.queued, sa_type=EnumText(JudgmentStatus), index=True

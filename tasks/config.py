@@ -70,6 +70,7 @@ def http_engine_config(settings: Settings) -> HTTPEngineConfig:
         max_in_flight=settings.sglang_max_in_flight,
         read_timeout_s=settings.sglang_timeout_s,
         max_attempts=settings.sglang_max_attempts,
+        dialect=settings.sglang_server,
     )
 
 
@@ -78,7 +79,16 @@ def backend_config(settings: Settings, protocol: str | None = None) -> BackendCo
 
     def sampling(max_tokens: int) -> Sampling:
         return Sampling(
-            max_tokens=max_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed
+            max_tokens=max_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            min_p=settings.min_p,
+            repetition_penalty=settings.repetition_penalty,
+            frequency_penalty=settings.frequency_penalty,
+            presence_penalty=settings.presence_penalty,
+            stop=tuple(settings.stop),
+            seed=settings.seed,
         )
 
     config = BackendConfig(
@@ -86,6 +96,9 @@ def backend_config(settings: Settings, protocol: str | None = None) -> BackendCo
         template_dir=settings.template_dir,
         judge_sampling=sampling(settings.judge_max_tokens),
         reasoner_sampling=sampling(settings.reasoner_max_tokens),
+        grammar=settings.grammar,
+        context_length=settings.context_length,
+        tokenizer=settings.tokenizer or settings.hf_judge_model,
         http=http_engine_config(settings),
         hf=HFEngineConfig(
             judge_model=settings.hf_judge_model,

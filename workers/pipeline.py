@@ -135,6 +135,9 @@ def resolve_user(*, db: Engine, tenant: str, user: str) -> EndUser:
     return row
 
 
+_PER_PROMPT_USAGE = frozenset({"rationales_dropped", "prompt_tokens_estimated"})
+
+
 def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[UserContext, ContextData]:
     """The user's context for the current references and backend version, built if missing."""
     author = backend.context_identity
@@ -142,7 +145,7 @@ def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[U
         "backend": backend.name,
         "model_id": author.model_id,
         "model_revision": author.revision,
-        "template_version": backend.template_version,
+        "template_version": backend.context_version,
     }
     with database_errors(), session_scope(res.db) as session:
         refs = list_references(session=session, user_id=user_id)
@@ -378,7 +381,8 @@ def _verdict_record(
     usage: dict[str, int] = {}
     for part in (verdict.first, verdict.second):
         for k, v in (part.usage if part else {}).items():
-            usage[k] = usage.get(k, 0) + v
+            # counts of work add up over both orders; facts about the prompt are the same in both
+            usage[k] = max(usage.get(k, 0), v) if k in _PER_PROMPT_USAGE else usage.get(k, 0) + v
     return VerdictRecord(
         status=JudgmentStatus.done if valid else JudgmentStatus.invalid,
         winner=verdict.winner,
@@ -398,6 +402,7 @@ def _verdict_record(
         judge_model=backend.model_id,
         model_revision=backend.model_revision,
         template_version=backend.template_version,
+        decoding=backend.decoding,
         swap=swap,
         timings=timings,
         usage=usage,

@@ -12,12 +12,15 @@ from core.errors import PigrewardError
 from core.settings import get_settings
 from models.db import upgrade
 from ops.flower import run_flower
+from ops.openai_server import ServerOptions
 from ops.openai_server import serve as run_model_server
 from pigreward.cli.common import BACKEND_CHOICES
 from tasks import app
 from tasks.config import backend_config
 from workers.backends import create_backend
+from workers.backends.lvlm import LVLMBackend
 from workers.backends.openai_http import OpenAIHTTPEngine
+from workers.probe import probe
 
 
 @click.command()
@@ -62,10 +65,40 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str) -> No
 @click.option("--port", default=30000, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--max-batch", default=16, show_default=True, help="Requests batched into one generate.")
-def serve(judge: str, reasoner: str | None, host: str, port: int, device: str, max_batch: int) -> None:
+@click.option(
+    "--context-length",
+    type=click.IntRange(min=64),
+    default=None,
+    help="Refuse prompt + max_tokens above this (SGLang's flag); default: the model's own.",
+)
+@click.option("--enable-cache-report", is_flag=True, help="Report usage.prompt_tokens_details.cached_tokens.")
+@click.option(
+    "--chat-template",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A jinja chat template used instead of the checkpoint's own.",
+)
+def serve(
+    judge: str,
+    reasoner: str | None,
+    host: str,
+    port: int,
+    device: str,
+    max_batch: int,
+    context_length: int | None,
+    enable_cache_report: bool,
+    chat_template: str | None,
+) -> None:
     """Serve checkpoints over an OpenAI-compatible API (a local stand-in for SGLang)."""
     click.echo(f"serving {judge}{' and ' + reasoner if reasoner else ''} on http://{host}:{port}", err=True)
-    run_model_server(judge, reasoner, host=host, port=port, device=device, max_batch=max_batch)
+    options = ServerOptions(
+        context_length=context_length,
+        enable_cache_report=enable_cache_report,
+        chat_template_file=chat_template,
+    )
+    run_model_server(
+        judge, reasoner, host=host, port=port, device=device, max_batch=max_batch, options=options
+    )
 
 
 @click.command("api")
@@ -117,25 +150,47 @@ def flower(port: int, address: str, user: str | None, no_auth: bool, extra: tupl
     default=None,
     help="Backend to check (default: settings).",
 )
-def check(backend: str | None) -> None:
-    """Is the configured backend ready? Prints model identity and template version, exits 1 if not."""
+@click.option("--no-probe", is_flag=True, help="LVLM backends: skip the real judgment (identity only).")
+def check(backend: str | None, no_probe: bool) -> None:
+    """Is the configured backend ready? For LVLM backends, sends one real judgment in both orders and
+    reports the template, images, parsing, decoding, cached tokens and context length; exits 1 if not."""
     settings = get_settings()
     name = backend or settings.backend
     config = backend_config(settings)
+    template = "unknown"
     if name == "sglang":
         engine = OpenAIHTTPEngine(config.http)
         for role in ("judge", "reasoner"):
             url = engine.target(role)[0]
             click.echo(f"{role}: {url} {'ready' if engine.ready(role) else 'NOT READY'}")
+        template = engine.chat_template("judge")
         engine.close()
     try:
         instance = create_backend(name, config)
         click.echo(f"backend {name}: judge {instance.model_id} rev {instance.model_revision}")
         ctx = instance.context_identity
         click.echo(f"contexts by {ctx.model_id} rev {ctx.revision}; template {instance.template_version}")
-        instance.close()
     except PigrewardError as exc:
         click.echo(f"backend {name} not usable: {exc.message}", err=True)
+        sys.exit(1)
+    ok = True
+    if isinstance(instance, LVLMBackend) and not no_probe:
+        report = probe(
+            instance,
+            pixel_budget=settings.pixel_budget,
+            max_prompt_chars=settings.api_max_prompt_chars,
+            template=template,
+            say=lambda line: click.echo(line, err=True),
+        )
+        marks = {True: "ok  ", False: "FAIL", None: "    "}
+        for finding in report.findings:
+            click.echo(f"{marks[finding.ok]} {finding.item}: {finding.detail}")
+        ok = report.ok
+        click.echo(
+            "probe: " + ("the backend judges as configured" if ok else "FAILED, see the lines marked FAIL")
+        )
+    instance.close()
+    if not ok:
         sys.exit(1)
 
 

@@ -24,7 +24,7 @@ TABLES = {
 
 
 def _roundtrip(url: str) -> None:
-    assert upgrade(url) == "0005"
+    assert upgrade(url) == "0006"
     engine = make_engine(url)
     assert set(sa.inspect(engine).get_table_names()) >= TABLES
     engine.dispose()
@@ -33,7 +33,7 @@ def _roundtrip(url: str) -> None:
     engine = make_engine(url)
     assert not TABLES & set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert upgrade(url) == "0005"
+    assert upgrade(url) == "0006"
 
 
 def test_migrations_roundtrip_on_postgres() -> None:

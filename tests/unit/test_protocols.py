@@ -167,7 +167,11 @@ def test_judge_request(name: str, imgs: list[NormalizedImage]) -> None:
     proto = get_protocol(name)
     request = proto.judge_request(["likes red", "likes calm"], "a red barn", imgs[2], imgs[3], SAMPLING)
     assert request.role == "judge"
-    assert request.sampling == SAMPLING
+    if name == "json-v1":  # sized from the schema's caps, so a schema-valid answer always fits
+        assert request.sampling == SAMPLING.model_copy(update={"max_tokens": json_v1.MAX_TOKENS})
+        assert len(_json_answer([(5, 5)] * 5)) <= json_v1.MAX_TOKENS
+    else:
+        assert request.sampling == SAMPLING
     images = [p.image for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
     assert images == [imgs[2], imgs[3]]
     flat = _flat(request.messages)
@@ -308,11 +312,32 @@ def test_json_v1_parse_winner_from_totals(pairs: list[tuple[int, int]], winner: 
     assert result.raw_text == text and result.usage == {"x": 1}
 
 
-def test_json_v1_parse_tolerates_whitespace_and_control_characters() -> None:
-    text = '\n  {"dimensions": [{"name": "tone", "reason": "line\tone\nline two", "score_1": 2, "score_2": 4}],\n "summary": ""}  \n'
+def test_json_v1_parse_tolerates_whitespace_but_refuses_control_characters() -> None:
+    text = '\n  {"dimensions": [{"name": "tone", "reason": "warm", "score_1": 2, "score_2": 4}],\n "summary": ""}  \n'
     result = get_protocol("json-v1").parse(Generation(text=text, finish_reason="stop"))
     assert result.outcome == "valid" and result.winner == "B"
-    assert result.dimensions[0].reason == "line\tone\nline two"
+    for field, value in (("name", "to\u0007ne"), ("reason", "line\tone\nline two"), ("summary", "a\u001bb")):
+        data = json.loads(text)
+        if field == "summary":
+            data["summary"] = value
+        else:
+            data["dimensions"][0][field] = value
+        bad = get_protocol("json-v1").parse(Generation(text=json.dumps(data), finish_reason="stop"))
+        assert bad.outcome == "invalid" and bad.invalid_reason == "invalid_json", field
+        assert "pattern" in (bad.invalid_detail or "") and field in (bad.invalid_detail or "")
+
+
+def test_json_v1_schema_refuses_control_characters_and_bounds_lengths() -> None:
+    name = json_v1.SCHEMA["properties"]["dimensions"]["items"]["properties"]["name"]
+    assert name["pattern"].endswith("{1,40}$") and "\\x00-\\x1f" in name["pattern"]
+
+
+def test_json_v1_truncated_answer_is_not_repaired(imgs: list[NormalizedImage]) -> None:
+    proto = get_protocol("json-v1")
+    gen = Generation(text='{"dimensions": [', finish_reason="length")
+    result = proto.parse(gen)
+    assert result.invalid_reason == "truncated"
+    assert proto.repair(_judge(proto, imgs), gen, result) is None
 
 
 def test_json_v1_winner_field_in_answer_cannot_override_totals() -> None:
@@ -370,7 +395,6 @@ def _judge(proto: JudgeProtocol, imgs: list[NormalizedImage]) -> GenerationReque
     ("text", "finish"),
     [
         ("Image 1 is better.", "stop"),
-        ('{"dimensions": [', "length"),
         ("", "stop"),
         (_json_answer([(9, 9)]), "stop"),
     ],

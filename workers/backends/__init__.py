@@ -29,6 +29,9 @@ class BackendConfig:
 
     protocol: str = "pigreward-v1"
     template_dir: Path | None = None
+    grammar: str = "off"  # pigreward-v1 loop control: off | ebnf | regex
+    context_length: int | None = None  # None: the server's max_model_len, else 8192
+    tokenizer: str | None = None  # counts prompt tokens (sglang); None: estimated
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512))
     reasoner_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
     http: HTTPEngineConfig = field(
@@ -67,9 +70,11 @@ def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
     return LVLMBackend(
         name,
         engine,
-        get_protocol(config.protocol, config.template_dir),
+        get_protocol(config.protocol, config.template_dir, config.grammar),
         judge_sampling=config.judge_sampling,
         reasoner_sampling=config.reasoner_sampling,
+        context_length=config.context_length,
+        tokenizer=config.tokenizer,
     )
 
 

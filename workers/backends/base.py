@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from workers.generation import ModelIdentity
 from workers.imaging import NormalizedImage
@@ -34,6 +34,16 @@ class Backend(Protocol):
     @property
     def template_version(self) -> str:
         """The prompt templates' version (their protocol and content hash)."""
+        ...
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """The judge's resolved decoding parameters, stored with every judgment ({} without a model)."""
+        ...
+
+    @property
+    def context_version(self) -> str:
+        """What a context is versioned by besides its author model: templates (and reasoner decoding)."""
         ...
 
     @property

@@ -1,36 +1,74 @@
-"""JSON-schema constrained decoding with xgrammar: one grammar matcher per batch row."""
+"""Constrained decoding with xgrammar: JSON schemas, EBNF and regex grammars, one matcher per batch row.
+
+The same grammars SGLang enforces server-side (`response_format`, `ebnf`, `regex`) are enforced
+in-process here, so the `hf` engine and `pigreward serve` decode under the same constraints.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-
-def compiler_for(tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> tuple[Any, int]:
-    """An xgrammar compiler for this tokenizer, and the vocabulary size its bitmasks cover."""
-    import xgrammar as xgr
-
-    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids))
-    return xgr.GrammarCompiler(info), vocab_size
+from workers.generation import GenerationRequest
 
 
-class JsonSchemaLogits:
-    """A transformers logits processor: rows with a schema may only produce tokens the schema allows."""
+class GrammarCompiler:
+    """An xgrammar compiler for one tokenizer; compiled grammars are kept (compiling costs seconds)."""
 
-    def __init__(self, compiler_and_vocab: tuple[Any, int], schemas: Sequence[dict[str, Any] | None]) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> None:
         import xgrammar as xgr
 
-        compiler, vocab_size = compiler_and_vocab
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids)
+        )
+        self.xgr = xgr
+        self.vocab_size = vocab_size
+        self._compiler = xgr.GrammarCompiler(info)
+        self._compiled: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def compiled(self, request: GenerationRequest) -> Any | None:
+        """The compiled grammar a request asks for, or None (decodes freely)."""
+        if request.json_schema is not None:
+            key = ("json", json.dumps(request.json_schema, sort_keys=True))
+        elif request.grammar is not None:
+            key = (request.grammar.kind, request.grammar.text)
+        else:
+            return None
+        with self._lock:
+            hit = self._compiled.get(key)
+            if hit is None:
+                kind, text = key
+                if kind == "json":
+                    hit = self._compiler.compile_json_schema(text, any_whitespace=False)
+                elif kind == "ebnf":
+                    hit = self._compiler.compile_grammar(text)
+                else:
+                    hit = self._compiler.compile_regex(text)
+                self._compiled[key] = hit
+            return hit
+
+
+class GrammarLogits:
+    """A transformers logits processor: rows with a grammar may only produce tokens it allows."""
+
+    def __init__(self, compiler: GrammarCompiler, requests: Sequence[GenerationRequest]) -> None:
+        xgr = compiler.xgr
         self._xgr = xgr
-        # one matcher per row that has a schema; rows without one decode freely
-        self.matchers = {
-            i: xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(schema), any_whitespace=False))
-            for i, schema in enumerate(schemas)
-            if schema is not None
-        }
-        self.bitmask = xgr.allocate_token_bitmask(len(schemas), vocab_size)
+        # one matcher per constrained row; rows without a grammar decode freely
+        self.matchers = {}
+        for i, request in enumerate(requests):
+            compiled = compiler.compiled(request)
+            if compiled is not None:
+                self.matchers[i] = xgr.GrammarMatcher(compiled)
+        self.bitmask = xgr.allocate_token_bitmask(len(requests), compiler.vocab_size)
         self.started = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.matchers)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if self.started:

@@ -29,7 +29,15 @@ from workers.backends.qwen_vision import (
     mm_token_type_ids,
     preprocess,
 )
-from workers.generation import ChatMessage, Generation, GenerationRequest, ImagePart, ModelIdentity, TextPart
+from workers.generation import (
+    ChatMessage,
+    Generation,
+    GenerationRequest,
+    ImagePart,
+    ModelIdentity,
+    Sampling,
+    TextPart,
+)
 
 _SNAPSHOT_PARENT = "snapshots"
 
@@ -95,12 +103,16 @@ class _Model:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 self.path, local_files_only=True, padding_side="left"
             )
+            if config.chat_template:  # pinned, as SGLang's --chat-template does
+                self.tokenizer.chat_template = Path(config.chat_template).read_text(encoding="utf-8")
             self.vision = VisionSpec.from_pretrained_dir(self.path)
         else:  # benchmarks build random-weight models in memory
             self.model, self.tokenizer, self.vision = loaded
             self.device = next(self.model.parameters()).device
             revision = "in-memory"
         self.identity = ModelIdentity(name, revision)
+        # decoding comes from each request's Sampling only, never the checkpoint's generation_config.json
+        self.model.generation_config = _generation_config_class()()
         cfg = self.model.config
         self.image_token_id = int(
             getattr(cfg, "image_token_id", None) or self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -220,25 +232,27 @@ class _Model:
             inputs["mm_token_type_ids"] = mm_token_type_ids(
                 input_ids, self.image_token_id, self.video_token_id
             ).to(self.device)
-        sampling = requests[0].sampling
+        sampling = requests[0].sampling  # the batcher groups requests by their sampling
         max_new = max(r.sampling.max_tokens for r in requests)
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new,
-            "eos_token_id": self.stop_ids,
-            "pad_token_id": self.pad_id,
-            "do_sample": sampling.temperature > 0,
-        }
+        extra: dict[str, Any] = {}
         if self.config.min_new_tokens:
-            gen_kwargs["min_new_tokens"] = min(self.config.min_new_tokens, max_new)
-        if sampling.temperature > 0:
-            gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-        schemas = [r.json_schema for r in requests]
-        if any(s is not None for s in schemas):
-            gen_kwargs["logits_processor"] = [self.grammar_processor(schemas)]
+            extra["min_new_tokens"] = min(self.config.min_new_tokens, max_new)
         if self.config.static_cache:
-            gen_kwargs["cache_implementation"] = "static"
+            extra["cache_implementation"] = "static"
+        gen_kwargs: dict[str, Any] = {
+            "generation_config": generation_config(sampling, max_new, self.stop_ids, self.pad_id, **extra),
+        }
+        if sampling.temperature > 0 and sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        processors: list[Any] = []
+        if sampling.frequency_penalty or sampling.presence_penalty:
+            processors.append(OpenAIPenalties(width, sampling.frequency_penalty, sampling.presence_penalty))
+        if any(r.json_schema is not None or r.grammar is not None for r in requests):
+            processors.append(self.grammar_processor(requests))
+        if processors:
+            gen_kwargs["logits_processor"] = processors
+        if sampling.stop:
+            gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         with torch.inference_mode():
             if prefix:
                 gen_kwargs[self.cache_kwarg] = self._prefill(input_ids[:1, :prefix], len(encoded))
@@ -252,15 +266,19 @@ class _Model:
             stop_at = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
             finished = stop_at is not None
             kept = tokens[:stop_at] if finished else tokens
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            cut = _cut_at_stop(text, request.sampling.stop)
+            if cut is not None:  # as OpenAI servers do: the stop string ends the answer and is left out
+                text, finished = cut, True
             usage = {
                 "prompt_tokens": len(encoded[row][0]),
-                "completion_tokens": len(kept) + (1 if finished else 0),
+                "completion_tokens": len(kept) + (1 if finished and stop_at is not None else 0),
             }
             if prefix:
                 usage["cached_tokens"] = prefix
             results.append(
                 Generation(
-                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    text=text,
                     finish_reason="stop" if finished else "length",
                     model=self.identity.model_id,
                     usage=usage,
@@ -291,12 +309,70 @@ class _Model:
         cache.batch_repeat_interleave(batch)
         return cache
 
-    def grammar_processor(self, schemas: Sequence[dict[str, Any] | None]) -> Any:
-        from workers.backends.grammar import JsonSchemaLogits, compiler_for
+    def grammar_processor(self, requests: Sequence[GenerationRequest]) -> Any:
+        from workers.backends.grammar import GrammarCompiler, GrammarLogits
 
         if self._grammar is None:
-            self._grammar = compiler_for(self.tokenizer, self.vocab_size, self.stop_ids)
-        return JsonSchemaLogits(self._grammar, schemas)
+            self._grammar = GrammarCompiler(self.tokenizer, self.vocab_size, self.stop_ids)
+        return GrammarLogits(self._grammar, requests)
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = self.model.config.get_text_config()
+        value = getattr(cfg, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) else None
+
+
+def generation_config(
+    sampling: Sampling, max_new: int, stop_ids: list[int], pad_id: int, **extra: Any
+) -> Any:
+    """A generate config from `sampling` alone: every field set, so nothing comes from the checkpoint's
+    `generation_config.json` (transformers fills only unset fields from it)."""
+    sample = sampling.temperature > 0
+    return _generation_config_class()(
+        max_new_tokens=max_new,
+        do_sample=sample,
+        temperature=sampling.temperature if sample else 1.0,
+        top_p=sampling.top_p,
+        top_k=max(sampling.top_k, 0),  # 0: off, as -1 is for the servers
+        min_p=sampling.min_p,
+        repetition_penalty=sampling.repetition_penalty,
+        no_repeat_ngram_size=0,
+        num_beams=1,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        **extra,
+    )
+
+
+def _generation_config_class() -> Any:
+    """transformers' GenerationConfig (its constructor is untyped)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig
+
+
+class OpenAIPenalties:
+    """Frequency and presence penalties as OpenAI servers apply them: over the generated tokens only."""
+
+    def __init__(self, prompt_width: int, frequency: float, presence: float) -> None:
+        self.width, self.frequency, self.presence = prompt_width, frequency, presence
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        generated = input_ids[:, self.width :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores)
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
+    """The text before the first stop string, or None when none occurs."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(hits)] if hits else None
 
 
 class HFEngine:
@@ -324,6 +400,13 @@ class HFEngine:
 
     def identity(self, role: Literal["judge", "reasoner"]) -> ModelIdentity:
         return self._model(role).identity
+
+    def context_length(self, role: Literal["judge", "reasoner"]) -> int | None:
+        return self._model(role).context_length
+
+    def tokens(self, role: Literal["judge", "reasoner"], request: GenerationRequest) -> int:
+        """The prompt's exact token count (image pads expanded) as this engine would send it."""
+        return len(self._model(role).encode(request)[0])
 
     def close(self) -> None:
         with self._lock:

@@ -21,3 +21,4 @@ class HFEngineConfig:
     static_cache: bool = False  # preallocated KV cache (compiled decode on CUDA); excludes shared_prefix
     min_shared_prefix: int = 64  # tokens; shorter common prefixes are not worth a separate prefill
     min_new_tokens: int = 0  # benchmarks only: force a generation length
+    chat_template: str | None = None  # a jinja file used instead of the checkpoint's own template

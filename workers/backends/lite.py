@@ -50,6 +50,12 @@ class LiteBackend:
     model_id = "lite-bradley-terry"
     model_revision = "1"
     template_version = "lite-v1"
+    context_version = "lite-v1"
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """No model, no decoding: nothing to record."""
+        return {}
 
     @property
     def context_identity(self) -> ModelIdentity:

@@ -2,17 +2,31 @@
 
 One implementation of the backend protocol for every engine: `sglang` (HTTP to SGLang or any
 OpenAI-compatible server) and `hf` (in-process transformers) differ only in the engine they hold.
+
+Contexts hold only whole rationales: one cut off at the token limit is asked again once with twice the
+budget, and left out (with a record in the context's payload) if it is cut off again. Judge prompts are
+fitted to the judge's context length before they are sent (`workers.budget`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from functools import cached_property
+from typing import Any
 
 from core.enums import Outcome
 from core.errors import NoReferences
-from workers.generation import Engine, ModelIdentity, Sampling
+from workers.budget import (
+    DEFAULT_CONTEXT_LENGTH,
+    EngineCounter,
+    TokenCounter,
+    fit_rationales,
+    load_counter,
+)
+from workers.generation import Engine, ModelIdentity, Sampling, decoding_digest
 from workers.imaging import NormalizedImage
 from workers.protocols import JudgeProtocol
 from workers.schemas import ContextData, JudgeResult, ReferenceExample
@@ -29,13 +43,49 @@ class LVLMBackend:
         judge_sampling: Sampling | None = None,
         reasoner_sampling: Sampling | None = None,
         repair: bool = True,
+        context_length: int | None = None,
+        counter: TokenCounter | None = None,
+        tokenizer: str | None = None,
     ) -> None:
+        """`context_length`: the configured limit (the server's reported one wins when smaller);
+        `counter` or else `tokenizer` (a checkpoint path or HF-cache id) counts prompt tokens."""
         self.name = name
         self.engine = engine
         self.protocol = protocol
-        self.judge_sampling = judge_sampling or Sampling(max_tokens=512)
+        self.judge_sampling = protocol.judge_sampling(judge_sampling or Sampling(max_tokens=512))
         self.reasoner_sampling = reasoner_sampling or Sampling(max_tokens=256)
         self.repair = repair
+        self._context_length = context_length
+        self._counter = counter
+        self._tokenizer = tokenizer
+        self._counter_lock = threading.Lock()
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        return self.judge_sampling.record(self.protocol.grammar)
+
+    @property
+    def context_version(self) -> str:
+        """The templates' version plus a digest of the reasoner's decoding: a context written with other
+        decoding parameters is another context."""
+        return f"{self.protocol.version}~{decoding_digest(self.reasoner_sampling.record())}"
+
+    @property
+    def counter(self) -> TokenCounter:
+        with self._counter_lock:
+            if self._counter is None:
+                count = getattr(self.engine, "tokens", None)
+                if callable(count):  # the in-process engine counts exactly what it runs
+                    self._counter = EngineCounter(lambda r: int(count("judge", r)))
+                else:
+                    self._counter = load_counter(self._tokenizer)
+            return self._counter
+
+    def context_length(self) -> int:
+        """The judge's usable context: the configured limit, the server's when smaller, else 8192."""
+        served = self.engine.context_length("judge")
+        limits = [n for n in (self._context_length, served) if n]
+        return min(limits) if limits else DEFAULT_CONTEXT_LENGTH
 
     @cached_property
     def _judge(self) -> ModelIdentity:
@@ -66,12 +116,27 @@ class LVLMBackend:
             for r in references
         ]
         generations = self.engine.generate(requests)
+        usages = [g.usage for g in generations]
+        # a rationale cut off at the limit is asked again, once, with twice the budget
+        cut = [i for i, g in enumerate(generations) if g.finish_reason == "length"]
+        if cut:
+            longer = self.reasoner_sampling.model_copy(
+                update={"max_tokens": min(2 * self.reasoner_sampling.max_tokens, 8192)}
+            )
+            again = self.engine.generate([replace(requests[i], sampling=longer) for i in cut])
+            usages.extend(g.usage for g in again)
+            for i, gen in zip(cut, again, strict=True):
+                generations[i] = gen
         rationales, issues = [], {}
         for i, gen in enumerate(generations):
             text, issue = self.protocol.rationale(gen)
-            rationales.append(text)
-            if issue:
-                issues[str(i)] = issue
+            if issue is None:
+                rationales.append(text)
+                if i in cut:
+                    issues[str(i)] = "regenerated: cut off at the token limit, whole with twice the budget"
+            else:  # never condition judgments on a cut-off, empty or malformed rationale
+                again_note = " again with twice the budget" if i in cut else ""
+                issues[str(i)] = f"left out: {issue}{again_note}"
         reasoner = self.context_identity
         return ContextData(
             rationales=rationales,
@@ -79,8 +144,10 @@ class LVLMBackend:
                 "reasoner_model": reasoner.model_id,
                 "reasoner_revision": reasoner.revision,
                 "protocol": self.protocol.version,
+                "decoding": self.reasoner_sampling.record(),
                 "rationale_issues": issues,
-                "usage": _sum_usage(g.usage for g in generations),
+                "rationales_left_out": sum(1 for v in issues.values() if v.startswith("left out")),
+                "usage": _sum_usage(usages),
             },
         )
 
@@ -88,12 +155,21 @@ class LVLMBackend:
         self, context: ContextData, prompt: str, image_1: NormalizedImage, image_2: NormalizedImage
     ) -> JudgeResult:
         started = time.perf_counter()
-        request = self.protocol.judge_request(
-            context.rationales, prompt, image_1, image_2, self.judge_sampling
+        fit = fit_rationales(
+            context.rationales,
+            lambda kept: self.protocol.judge_request(kept, prompt, image_1, image_2, self.judge_sampling),
+            self.counter,
+            self.context_length(),
         )
+        request = fit.request
         [gen] = self.engine.generate([request])
         result = self.protocol.parse(gen)
         usage = dict(gen.usage)
+        usage["prompt_tokens_counted"] = fit.tokens
+        if fit.dropped:
+            usage["rationales_dropped"] = fit.dropped
+        if not self.counter.exact:
+            usage["prompt_tokens_estimated"] = 1
         if result.outcome == Outcome.invalid and self.repair:
             follow_up = self.protocol.repair(request, gen, result)
             if follow_up is not None:

@@ -9,6 +9,7 @@ are one fixed rationale per reference pair, built without touching the images.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from core.enums import Outcome, Winner
 from core.errors import NoReferences
@@ -34,6 +35,12 @@ class NullBackend:
     model_id = "null"
     model_revision = "1"
     template_version = "null-v1"
+    context_version = "null-v1"
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """No model, no decoding: nothing to record."""
+        return {}
 
     @property
     def context_identity(self) -> ModelIdentity:

@@ -2,7 +2,7 @@
 
 SGLang batches continuously, so it starves on one-at-a-time calls: this engine is thread-safe and
 keeps up to `max_in_flight` requests open per process (many Celery threads, or a chunk's fan-out,
-share one engine). Every request carries explicit sampling parameters. Retries follow the workers'
+share one engine). Every request carries every decoding parameter (`sampling_fields`). Retries follow the workers'
 one HTTP policy (`workers.http`); a JSON answer that is not a chat completion comes back as a
 `malformed` generation (recorded `invalid`), never a crash.
 """
@@ -25,8 +25,10 @@ from workers.generation import (
     ChatMessage,
     Generation,
     GenerationRequest,
+    Grammar,
     ImagePart,
     ModelIdentity,
+    Sampling,
     TextPart,
 )
 from workers.http import JSONClient, RetryPolicy
@@ -52,6 +54,7 @@ class HTTPEngineConfig:
     max_attempts: int = 4
     backoff_s: float = 0.5
     backoff_max_s: float = 10.0
+    dialect: Literal["sglang", "vllm"] = "sglang"  # how grammars are spelled in the request body
 
 
 class OpenAIHTTPEngine:
@@ -70,6 +73,8 @@ class OpenAIHTTPEngine:
         self._images: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self._identities: dict[str, ModelIdentity] = {}
+        self._lengths: dict[str, int] = {}
+        self._served: dict[str, str] = {}
 
     # -- the Engine protocol ------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
@@ -84,20 +89,31 @@ class OpenAIHTTPEngine:
         url, model, revision = self.target(role)
         listed = self.models(url)
         entry = (
-            next((m for m in listed if m.get("id") == model), None)
+            next((m for m in listed if _served_as(str(m.get("id")), model)), None)
             if model
             else (listed[0] if listed else None)
         )
         if entry is None:
             names = ", ".join(str(m.get("id")) for m in listed) or "none"
             raise BackendRejected(f"model {model!r} is not served at {url} (served: {names})")
-        if revision is None:  # ours says it; SGLang/vLLM give the served path (an HF snapshot hash)
-            found = _SNAPSHOT.search(str(entry.get("root") or entry.get("id") or ""))
-            revision = str(entry.get("revision") or (found.group(1) if found else "unknown"))
-        ident = ModelIdentity(str(entry["id"]), revision)
+        served = str(entry["id"])
+        if revision is None:
+            revision = served_revision(entry)
+        # recorded without the "@REV" suffix, which is the revision; requests name the served id
+        ident = ModelIdentity(served.rsplit("@", 1)[0] if "@" in served else served, revision)
+        length = entry.get("max_model_len")
         with self._lock:
             self._identities[role] = ident
+            self._served[role] = served
+            if isinstance(length, int) and length > 0:
+                self._lengths[role] = length
         return ident
+
+    def context_length(self, role: Literal["judge", "reasoner"]) -> int | None:
+        """What the server reports as `max_model_len` (SGLang and vLLM both list it), or None."""
+        self.identity(role)
+        with self._lock:
+            return self._lengths.get(role)
 
     def close(self) -> None:
         self._fanout.shutdown(wait=False, cancel_futures=True)
@@ -108,6 +124,16 @@ class OpenAIHTTPEngine:
         """SGLang answers /health with 200 once the model is loaded; others: /v1/models."""
         url = self.target(role)[0]
         return any(self._client.status(url + path) == 200 for path in ("/health", "/v1/models"))
+
+    def chat_template(self, role: Literal["judge", "reasoner"] = "judge") -> str:
+        """The server's chat template as SGLang's /get_server_info names it ("unknown" elsewhere)."""
+        url = self.target(role)[0]
+        try:
+            info = self._client.request("GET", url + "/get_server_info")
+        except (BackendRejected, BackendUnavailable):
+            return "unknown"
+        value = info.get("chat_template") if isinstance(info, dict) else None
+        return str(value) if value else "of the checkpoint"
 
     def models(self, url: str) -> list[dict[str, Any]]:
         body = self._client.request("GET", url + "/v1/models")
@@ -129,22 +155,21 @@ class OpenAIHTTPEngine:
 
     def _complete(self, request: GenerationRequest) -> Generation:
         url = self.target(request.role)[0]
-        model = self.identity(request.role).model_id
-        s = request.sampling
+        ident = self.identity(request.role)
+        with self._lock:
+            model = self._served.get(request.role, ident.model_id)
         body: dict[str, Any] = {
             "model": model,
             "messages": [self._message(m) for m in request.messages],
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "max_tokens": s.max_tokens,
+            **sampling_fields(request.sampling),
         }
-        if s.seed is not None:
-            body["seed"] = s.seed
         if request.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "judgment", "schema": request.json_schema, "strict": True},
             }
+        if request.grammar is not None:
+            body.update(grammar_fields(request.grammar, self.config.dialect))
         answer = self._client.request("POST", url + "/v1/chat/completions", body)
         return _generation(answer, model)
 
@@ -176,6 +201,50 @@ class OpenAIHTTPEngine:
         return url
 
 
+def sampling_fields(s: Sampling) -> dict[str, Any]:
+    """Every decoding field that can change a greedy answer, so no server default or checkpoint
+    `generation_config.json` decides it. SGLang and vLLM accept all of these on chat completions."""
+    fields: dict[str, Any] = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "repetition_penalty": s.repetition_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "presence_penalty": s.presence_penalty,
+        "stop": list(s.stop),
+        "max_tokens": s.max_tokens,
+    }
+    if s.seed is not None:
+        fields["seed"] = s.seed
+    return fields
+
+
+def grammar_fields(grammar: Grammar, dialect: str) -> dict[str, Any]:
+    """SGLang takes `ebnf` / `regex` at the top level; vLLM takes them under `structured_outputs`."""
+    key = "grammar" if grammar.kind == "ebnf" else "regex"
+    if dialect == "vllm":
+        return {"structured_outputs": {key: grammar.text}}
+    return {grammar.kind: grammar.text}
+
+
+def served_revision(entry: dict[str, Any]) -> str:
+    """The weights' revision: ours says it; `NAME@REV` (ops/ launch scripts); else the HF snapshot hash
+    in the served path; else "unknown" (then set PIGREWARD_SGLANG_JUDGE_REVISION)."""
+    if entry.get("revision"):
+        return str(entry["revision"])
+    served = str(entry.get("id") or "")
+    if "@" in served:
+        return served.rsplit("@", 1)[1]
+    found = _SNAPSHOT.search(str(entry.get("root") or served))
+    return found.group(1) if found else "unknown"
+
+
+def _served_as(served: str, wanted: str | None) -> bool:
+    """`NAME` matches a server listing `NAME` or `NAME@REV`."""
+    return served == wanted or (wanted is not None and served.rsplit("@", 1)[0] == wanted)
+
+
 def _generation(answer: Any, model: str) -> Generation:
     try:
         choice = answer["choices"][0]
@@ -187,8 +256,13 @@ def _generation(answer: Any, model: str) -> Generation:
         cached = (usage_in.get("prompt_tokens_details") or {}).get("cached_tokens")
         if isinstance(cached, int):
             usage["cached_tokens"] = cached
+        applied = answer.get("decoding")
         return Generation(
-            text=text, finish_reason=str(choice.get("finish_reason") or "stop"), model=model, usage=usage
+            text=text,
+            finish_reason=str(choice.get("finish_reason") or "stop"),
+            model=model,
+            usage=usage,
+            applied=applied if isinstance(applied, dict) else None,
         )
     except (KeyError, IndexError, TypeError, AttributeError):
         return Generation(text=json.dumps(answer)[:4000], finish_reason="malformed", model=model)

@@ -13,19 +13,22 @@ from pathlib import Path
 from core.errors import InvalidRequest
 from workers.protocols.json_v1 import JsonV1
 from workers.protocols.pigreward_v1 import PigrewardV1
+from workers.protocols.pigreward_v1_grammar import grammar_for
 from workers.protocols.protocol import JudgeProtocol
 
 PROTOCOLS: dict[str, type[JudgeProtocol]] = {"pigreward-v1": PigrewardV1, "json-v1": JsonV1}
 
 
-def get_protocol(name: str, template_dir: Path | None = None) -> JudgeProtocol:
+def get_protocol(name: str, template_dir: Path | None = None, grammar: str = "off") -> JudgeProtocol:
+    """A protocol by name; `grammar` (off | ebnf | regex) constrains `pigreward-v1` answers only
+    (`json-v1` is constrained by its JSON schema)."""
     try:
         cls = PROTOCOLS[name]
     except KeyError:
         raise InvalidRequest(
             f"unknown protocol {name!r}; available: {', '.join(sorted(PROTOCOLS))}"
         ) from None
-    return cls(template_dir)
+    return cls(template_dir, grammar_for(grammar) if cls is PigrewardV1 else None)
 
 
 __all__ = ["PROTOCOLS", "JsonV1", "JudgeProtocol", "PigrewardV1", "get_protocol"]

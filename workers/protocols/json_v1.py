@@ -1,7 +1,9 @@
 """`json-v1`: the judge's answer as JSON, for instruction-tuned VLMs (e.g. Qwen2.5-VL-7B-Instruct).
 
 The server enforces `SCHEMA` through `response_format`; every answer is still validated here with
-pydantic. The winner is not asked for: it follows from the totals by the paper's decision rule
+pydantic. Strings hold no control characters (a name like "Col\x07our" is junk, not a dimension), and
+`max_tokens` is sized from the schema's caps (`MAX_TOKENS`), so a schema-valid answer always fits; a
+truncated answer is not repaired (a second request with the same limit would be cut off again). The winner is not asked for: it follows from the totals by the paper's decision rule
 (larger total wins, equal totals tie), so it can never contradict the scores.
 """
 
@@ -19,14 +21,22 @@ from workers.imaging import NormalizedImage
 from workers.protocols.protocol import JudgeProtocol
 from workers.schemas import Dimension, JudgeResult
 
+NAME_CHARS, REASON_CHARS, SUMMARY_CHARS, MAX_DIMENSIONS = 40, 200, 200, 5
+NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"  # no C0 control characters, no DEL
+
+
+def _text(min_chars: int, max_chars: int) -> dict[str, Any]:
+    """A string schema with its length in the pattern: xgrammar drops min/maxLength beside a pattern."""
+    return {"type": "string", "pattern": f"^[^\\x00-\\x1f\\x7f]{{{min_chars},{max_chars}}}$"}
+
 
 class JsonDimension(BaseModel):
-    """As strict as the schema: no coerced types ("4", true), no extra keys."""
+    """As strict as the schema: no coerced types ("4", true), no extra keys, no control characters."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=40)
-    reason: str = Field(max_length=200)
+    name: str = Field(min_length=1, max_length=NAME_CHARS, pattern=NO_CONTROL)
+    reason: str = Field(max_length=REASON_CHARS, pattern=NO_CONTROL)
     score_1: int = Field(ge=1, le=5)
     score_2: int = Field(ge=1, le=5)
 
@@ -34,8 +44,8 @@ class JsonDimension(BaseModel):
 class JsonJudgment(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    dimensions: list[JsonDimension] = Field(min_length=1, max_length=5)
-    summary: str = Field(max_length=200)
+    dimensions: list[JsonDimension] = Field(min_length=1, max_length=MAX_DIMENSIONS)
+    summary: str = Field(max_length=SUMMARY_CHARS, pattern=NO_CONTROL)
 
 
 SCHEMA: dict[str, Any] = {
@@ -44,12 +54,12 @@ SCHEMA: dict[str, Any] = {
         "dimensions": {
             "type": "array",
             "minItems": 1,
-            "maxItems": 5,
+            "maxItems": MAX_DIMENSIONS,
             "items": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 40},
-                    "reason": {"type": "string", "maxLength": 200},
+                    "name": _text(1, NAME_CHARS),
+                    "reason": _text(0, REASON_CHARS),
                     "score_1": {"type": "integer", "minimum": 1, "maximum": 5},
                     "score_2": {"type": "integer", "minimum": 1, "maximum": 5},
                 },
@@ -57,17 +67,35 @@ SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
             },
         },
-        "summary": {"type": "string", "maxLength": 200},
+        "summary": _text(0, SUMMARY_CHARS),
     },
     "required": ["dimensions", "summary"],
     "additionalProperties": False,
 }
 
 
+def _max_json_chars() -> int:
+    """The longest answer the schema admits, written compactly (as the grammar makes the server write it)."""
+    dimension = json.dumps(
+        {"name": "n" * NAME_CHARS, "reason": "r" * REASON_CHARS, "score_1": 5, "score_2": 5},
+        separators=(",", ":"),
+    )
+    whole = json.dumps(
+        {"dimensions": ["D"] * MAX_DIMENSIONS, "summary": "s" * SUMMARY_CHARS}, separators=(",", ":")
+    )
+    return len(whole) + MAX_DIMENSIONS * (len(dimension) - len('"D"'))
+
+
+# Every token writes at least one character, so an answer the schema admits never needs more tokens
+# than it has characters (an escaped quote adds one; the margin covers a few). The server stops at the
+# closing brace, so the cap costs nothing unless an answer is that long.
+MAX_TOKENS = _max_json_chars() + 32
+
+
 def validate(text: str) -> tuple[JsonJudgment | None, str | None]:
     """The parsed answer, or None and a one-line reason."""
     try:
-        data = json.loads(text, strict=False)  # control characters inside strings are tolerated
+        data = json.loads(text, strict=False)  # raw control characters are refused by the schema below
     except json.JSONDecodeError as exc:
         return None, f"not JSON: {exc.msg} at char {exc.pos}"
     try:
@@ -83,6 +111,10 @@ class JsonV1(JudgeProtocol):
 
     name = "json-v1"
     schema = SCHEMA
+
+    def judge_sampling(self, sampling: Sampling) -> Sampling:
+        """`max_tokens` from the schema's caps: PIGREWARD_JUDGE_MAX_TOKENS (512) cut answers short."""
+        return sampling.model_copy(update={"max_tokens": MAX_TOKENS})
 
     def judge_request(
         self,
@@ -129,7 +161,8 @@ class JsonV1(JudgeProtocol):
     def repair(
         self, request: GenerationRequest, gen: Generation, result: JudgeResult
     ) -> GenerationRequest | None:
-        if result.invalid_reason not in ("invalid_json", "truncated", "empty"):
+        # not "truncated": the same limit would cut the second answer off too (and cost two images again)
+        if result.invalid_reason not in ("invalid_json", "empty"):
             return None
         follow_up = (
             f"Your answer was not valid ({result.invalid_detail}). Answer again with only the JSON object, "

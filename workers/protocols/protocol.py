@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.enums import Outcome
-from workers.generation import Generation, GenerationRequest, Sampling
+from workers.generation import Generation, GenerationRequest, Grammar, Sampling
 from workers.imaging import NormalizedImage
 from workers.protocols.templates import load_template
 from workers.schemas import JudgeResult
 
 
 def format_rationales(rationales: Sequence[str]) -> str:
+    """The default context block (`{n}. {rationale}` per line); templates may number differently."""
     return "\n".join(f"{i}. {r.strip()}" for i, r in enumerate(rationales, 1))
 
 
@@ -24,9 +25,14 @@ class JudgeProtocol:
 
     name = ""
 
-    def __init__(self, template_dir: Path | None = None) -> None:
+    def __init__(self, template_dir: Path | None = None, grammar: Grammar | None = None) -> None:
         self.judge_template = load_template(self.name, "judge", template_dir)
         self.reasoner_template = load_template(self.name, "reasoner", template_dir)
+        self.grammar = grammar  # constrains the judge's answers (pigreward-v1 loop control), or None
+
+    def judge_sampling(self, sampling: Sampling) -> Sampling:
+        """The judge's decoding as this protocol sends it (a protocol may size `max_tokens` itself)."""
+        return sampling
 
     @property
     def version(self) -> str:
@@ -57,10 +63,12 @@ class JudgeProtocol:
         sampling: Sampling,
     ) -> GenerationRequest:
         messages = self.judge_template.render(
-            {"rationales": format_rationales(rationales), "prompt": prompt},
+            {"rationales": self.judge_template.format_rationales(rationales), "prompt": prompt},
             {"image_1": image_1, "image_2": image_2},
         )
-        return GenerationRequest(messages=messages, sampling=sampling, role="judge")
+        return GenerationRequest(
+            messages=messages, sampling=self.judge_sampling(sampling), role="judge", grammar=self.grammar
+        )
 
     def parse(self, gen: Generation) -> JudgeResult:
         raise NotImplementedError

@@ -1,0 +1,89 @@
+"""Grammars that only admit the released `pigreward-v1` answer: loop control for the judge.
+
+The released judge's main failure is looping until the token limit (PAPER.md). A grammar bounds the
+answer: 1-5 dimension lines `name: reason (Score 1: a, Score 2: b)` with scores 1-5, bounded names and
+reasons, then the two totals and one verdict, and nothing after it. Two flavours, as SGLang accepts them:
+
+- `ebnf`: also tracks the running sums, so the totals and the verdict can only be the ones the dimension
+  scores imply (the paper's decision rule). A grammar cannot check that a written sum repeats the
+  dimension scores term by term (that needs the whole score sequence as state), so this flavour writes
+  each total as one number (`Score 1: 8`), which the parser accepts as well. Names and reasons hold no
+  digits, so a reason can never mention "Score 1" (which the parser refuses).
+- `regex`: the released shape with its `4+3+1=8` totals, lengths bounded; the arithmetic is left to the
+  parser (a mismatch is `invalid`, as without a grammar).
+
+Both are off by default (`PIGREWARD_GRAMMAR=off`) until measured on the real weights.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from workers.generation import Grammar
+
+MAX_DIMENSIONS = 5
+MAX_SCORE = 5
+NAME_CHARS = 40
+REASON_CHARS = 200
+_VERDICTS = {"1": "Image 1 is better", "2": "Image 2 is better", "tie": "It is a tie"}
+
+
+def grammar_for(kind: str) -> Grammar | None:
+    """The grammar of a `PIGREWARD_GRAMMAR` value (off: None)."""
+    if kind == "off":
+        return None
+    if kind == "ebnf":
+        return Grammar("ebnf", ebnf())
+    if kind == "regex":
+        return Grammar("regex", regex())
+    raise ValueError(f"unknown grammar {kind!r}: off, ebnf or regex")
+
+
+@lru_cache(maxsize=4)
+def ebnf(max_dimensions: int = MAX_DIMENSIONS) -> str:
+    """An xgrammar/GBNF grammar whose states are (dimension lines so far, running total 1, total 2).
+
+    `a_k_s1_s2`: a line's first score is next; `c_k_s1_s2`: its second; `n_k_s1_s2`: another line or
+    the totals and the verdict those sums imply.
+    """
+    scores = range(1, MAX_SCORE + 1)
+    rules = {
+        "root": "head a_0_0_0",
+        "head": 'name ": " reason " (Score 1: "',
+        "name": f"[A-Za-z] [A-Za-z ,&/'-]{{0,{NAME_CHARS - 1}}}",
+        "reason": f"[A-Za-z] [^\\n()0-9:]{{0,{REASON_CHARS - 1}}}",
+    }
+    todo = [(0, 0, 0)]
+    while todo:
+        k, s1, s2 = todo.pop()
+        a = f"a_{k}_{s1}_{s2}"
+        if a in rules:
+            continue
+        rules[a] = " | ".join(f'"{v}, Score 2: " c_{k}_{s1 + v}_{s2}' for v in scores)
+        for t1 in (s1 + v for v in scores):
+            c = f"c_{k}_{t1}_{s2}"
+            rules[c] = " | ".join(f'"{v})\\n" n_{k + 1}_{t1}_{s2 + v}' for v in scores)
+            for t2 in (s2 + v for v in scores):
+                n = f"n_{k + 1}_{t1}_{t2}"
+                if n in rules:
+                    continue
+                verdict = _VERDICTS["tie" if t1 == t2 else ("1" if t1 > t2 else "2")]
+                totals = f'"Score 1: {t1}\\nScore 2: {t2}\\n{verdict}"'
+                if k + 1 < max_dimensions:
+                    rules[n] = f"head a_{k + 1}_{t1}_{t2} | {totals}"
+                    todo.append((k + 1, t1, t2))
+                else:
+                    rules[n] = totals
+    return "".join(f"{lhs} ::= {rhs}\n" for lhs, rhs in rules.items())
+
+
+@lru_cache(maxsize=4)
+def regex(max_dimensions: int = MAX_DIMENSIONS) -> str:
+    """The released shape as one regular expression (lengths bounded; arithmetic left to the parser)."""
+    name = rf"[A-Za-z][A-Za-z ,&/'-]{{0,{NAME_CHARS - 1}}}"
+    reason = rf"[A-Za-z][^\n()0-9:]{{0,{REASON_CHARS - 1}}}"
+    score = f"[1-{MAX_SCORE}]"
+    line = rf"{name}: {reason} \(Score 1: {score}, Score 2: {score}\)\n"
+    total = rf"{score}(\+{score}){{0,{max_dimensions - 1}}}=[0-9]{{1,2}}"
+    verdict = "(" + "|".join(_VERDICTS.values()) + ")"
+    return rf"({line}){{1,{max_dimensions}}}Score 1: {total}\nScore 2: {total}\n{verdict}"
