@@ -99,10 +99,13 @@ def probe(
         report.add("reasoner", False, _refusal(exc.message, template))
         return report
     issues = context.payload.get("rationale_issues") or {}
+    left_out = [v for v in issues.values() if v.startswith("left out")]
     report.add(
         "reasoner",
-        not issues or all(v.startswith("regenerated") for v in issues.values()),
-        f"{len(context.rationales)} rationale(s)" + (f"; {issues}" if issues else ""),
+        True if not left_out else None,  # a cut-off rationale is a setting to raise, not a broken server
+        f"{len(context.rationales)} whole rationale(s)"
+        + (f"; {'; '.join(issues.values())}" if issues else "")
+        + (" (raise PIGREWARD_REASONER_MAX_TOKENS)" if left_out else ""),
     )
     rationales = context.rationales or ["This user prefers warm light over cool tones."]
 
