@@ -25,13 +25,13 @@ import pytest
 from core.enums import Outcome
 from core.errors import BackendRejected
 from ops.stack import REPO, free_port, wait_until
+from tests.support.tiny_vlm import build_tiny_vlm
 from workers.backends.lvlm import LVLMBackend
 from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
 from workers.generation import Generation, GenerationRequest, Sampling
 from workers.probe import probe_images
 from workers.protocols import get_protocol
 from workers.schemas import ContextData, ReferenceExample
-from tests.support.tiny_vlm import build_tiny_vlm
 
 pytestmark = pytest.mark.slow  # a tiny VLM behind a real server, ~100 generations
 
@@ -57,7 +57,17 @@ def _serve(model_dir: Path, log: Path, *extra: str) -> Iterator[str]:
     port = free_port()
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "pigreward.cli", "serve", "--judge", str(model_dir), "--port", str(port), *extra],
+            [
+                sys.executable,
+                "-m",
+                "pigreward.cli",
+                "serve",
+                "--judge",
+                str(model_dir),
+                "--port",
+                str(port),
+                *extra,
+            ],
             cwd=REPO,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
             stdout=out,
@@ -115,7 +125,9 @@ def test_every_request_carries_every_decoding_field(server: str, model_dir: Path
     reasoner = Sampling(max_tokens=8, presence_penalty=0.4, seed=3)
     backend = _backend(server, model_dir, judge_sampling=judge, reasoner_sampling=reasoner)
     a, b, c, d = probe_images(448 * 448)
-    context = backend.build_context([ReferenceExample("a red barn", a, b), ReferenceExample("a quiet lake", c, d)])
+    context = backend.build_context(
+        [ReferenceExample("a red barn", a, b), ReferenceExample("a quiet lake", c, d)]
+    )
     backend.judge(context, "a lighthouse", a, b)
     engine = backend.engine
     assert isinstance(engine, RecordingEngine)
@@ -138,7 +150,22 @@ def test_every_request_carries_every_decoding_field(server: str, model_dir: Path
 def test_fifteen_long_rationales_never_overflow_a_4096_context(server: str, model_dir: Path) -> None:
     backend = _backend(server, model_dir, judge_sampling=Sampling(max_tokens=512))
     tokenizer = backend.counter.tokenizer  # type: ignore[attr-defined]
-    words = "warm amber light over calm water the user chose softer colour and quiet space".split()
+    words = [
+        "warm",
+        "amber",
+        "light",
+        "over",
+        "calm",
+        "water",
+        "the",
+        "user",
+        "chose",
+        "softer",
+        "colour",
+        "and",
+        "quiet",
+        "space",
+    ]
     rationales = []
     for i in range(15):  # 256 tokens each, counted with the judge's tokenizer
         text = " ".join(words[(i + j) % len(words)] for j in range(400))
@@ -229,9 +256,7 @@ def test_check_sends_a_real_judgment_and_reports_it(server: str, model_dir: Path
     assert "presence_penalty=1.5" in out and "grammar=ebnf:" in out
 
 
-def test_check_fails_naming_a_template_that_refuses_images(
-    model_dir: Path, tmp_path: Path
-) -> None:
+def test_check_fails_naming_a_template_that_refuses_images(model_dir: Path, tmp_path: Path) -> None:
     template = tmp_path / "text_only.jinja"
     template.write_text(TEXT_ONLY_TEMPLATE, encoding="utf-8")
     with _serve(model_dir, tmp_path / "server.log", "--chat-template", str(template)) as url:
