@@ -1,7 +1,8 @@
 """Re-scoring judgments whose model, template or user context is no longer current.
 
-A judgment is stale when the judge model or its revision changed, the prompt template changed, the
-user's context changed (new references, a new reasoner or template), or a person flagged it. Stale
+A judgment is stale when the judge model or its revision changed, the prompt template changed, its
+decoding parameters changed (sampling, penalties, stop strings, grammar), the user's context changed
+(new references, a new reasoner, template or reasoner decoding), or a person flagged it. Stale
 verdicts are archived (`judgment_history`) and their rows put back in the queue, in chunks, under a
 run whose key (one per night by default) makes a second run of the same night add nothing. A run
 that crashed resumes where it stopped: re-queued rows are no longer stale, so they are not found again.
@@ -75,12 +76,14 @@ def why_stale(
         return "judge_model"
     if judgment.template_version != backend.template_version:
         return "template"
+    if (judgment.decoding or {}) != backend.decoding:
+        return "decoding"
     author = backend.context_identity
     if context is not None and (
         context.references_hash != current_refs
         or context.model_id != author.model_id
         or context.model_revision != author.revision
-        or context.template_version != backend.template_version
+        or context.template_version != backend.context_version
     ):
         return "context"
     return None

@@ -62,9 +62,9 @@ def ebnf(max_dimensions: int = MAX_DIMENSIONS) -> str:
             continue
         rules[a] = " | ".join(f'"{v}" c{k}_{s1 + v}_{s2}' for v in scores)
         for t1 in (s1 + v for v in scores):
-            rules[f"c{k}_{t1}_{s2}"] = '", Score 2: " (' + " | ".join(
-                f'"{v})\\n" n{k + 1}_{t1}_{s2 + v}' for v in scores
-            ) + ")"
+            rules[f"c{k}_{t1}_{s2}"] = (
+                '", Score 2: " (' + " | ".join(f'"{v})\\n" n{k + 1}_{t1}_{s2 + v}' for v in scores) + ")"
+            )
             for t2 in (s2 + v for v in scores):
                 n, t = f"n{k + 1}_{t1}_{t2}", f"t{t1}_{t2}"
                 if t not in rules:
