@@ -24,6 +24,7 @@ from tests.support.tiny_vlm import build_tiny_vlm
 pytestmark = pytest.mark.slow  # loads two tiny VLMs behind a real server (~30 s)
 
 QUEUE = "tiny-vlm"
+WORKER_ENV = {"PIGREWARD_JUDGE_MAX_TOKENS": "1500", "PIGREWARD_REASONER_MAX_TOKENS": "48"}
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
@@ -43,12 +44,7 @@ def served(request, stack, tmp_path_factory):  # type: ignore[no-untyped-def]
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, 120, "pigreward serve")
-        env = {
-            **stack.env,
-            "PIGREWARD_SGLANG_URL": url,
-            "PIGREWARD_JUDGE_MAX_TOKENS": "1500",
-            "PIGREWARD_REASONER_MAX_TOKENS": "48",
-        }
+        env = {**stack.env, "PIGREWARD_SGLANG_URL": url, **WORKER_ENV}
         with celery_worker(env, QUEUE, tmp / "worker.log", concurrency=4):
             user_who_likes_warm(stack, f"tiny-{request.param}")
             yield request.param, url, str(model_dir)
@@ -79,14 +75,44 @@ def test_pigreward_v1_through_sglang_client_stores_a_judgment(stack, served) -> 
     assert row.usage["prompt_tokens"] > 100 and row.usage["completion_tokens"] > 0
 
 
+def _rescore_dry_run(stack, url: str, **env: str) -> str:  # type: ignore[no-untyped-def]
+    done = subprocess.run(
+        [sys.executable, "-m", "pigreward.cli", "rescore", "--dry-run", "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**stack.env, **WORKER_ENV, "PIGREWARD_SGLANG_URL": url, "HF_HUB_OFFLINE": "1", **env},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_a_judgment_with_other_decoding_is_found_stale(stack, served) -> None:  # type: ignore[no-untyped-def]
+    kind, url, _ = served
+    _judge.stack = stack  # type: ignore[attr-defined]
+    result = _judge(f"tiny-{kind}", "a windmill", {"backend": "sglang"})
+    with session_scope(get_db()) as session:
+        row = get_judgment(session=session, judgment_id=result["judgment_id"])
+    # every decoding field is stored with the verdict, as the worker's settings resolved them
+    assert row.decoding["max_tokens"] == 1500 and row.decoding["repetition_penalty"] == 1.05
+    assert row.decoding["top_k"] == -1 and row.decoding["stop"] == [] and row.decoding["grammar"] is None
+    # the worker's own settings: this model's judgments are current
+    assert "decoding" not in _rescore_dry_run(stack, url)
+    # another repetition penalty (or grammar): every judgment made with the old one is stale
+    changed = _rescore_dry_run(stack, url, PIGREWARD_REPETITION_PENALTY="1.2")
+    assert "decoding" in changed, changed
+    assert "decoding" in _rescore_dry_run(stack, url, PIGREWARD_GRAMMAR="regex")
+
+
 def test_json_v1_through_sglang_client_is_valid(stack, served) -> None:  # type: ignore[no-untyped-def]
     kind, _, _ = served
     _judge.stack = stack  # type: ignore[attr-defined]
     result = _judge(f"tiny-{kind}", "a mountain village", {"backend": "sglang", "protocol": "json-v1"})
-    assert result["status"] == "done", result
     with session_scope(get_db()) as session:
         row = get_judgment(session=session, judgment_id=result["judgment_id"])
         dims = dimensions_of(session=session, judgment_id=row.id)  # type: ignore[arg-type]
+    assert result["status"] == "done", (row.invalid_reason, row.error, [t[-300:] for t in row.raw_outputs])
     assert row.template_version.startswith("json-v1@")
     assert row.winner in ("A", "B", "tie", "inconsistent")
     assert 1 <= len(dims) <= 5 and all(1 <= d.score_a <= 5 and 1 <= d.score_b <= 5 for d in dims)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from core.enums import Outcome, Winner
 from workers.generation import ChatMessage, Generation, GenerationRequest, Sampling, TextPart
@@ -30,13 +30,30 @@ def _text(min_chars: int, max_chars: int) -> dict[str, Any]:
     return {"type": "string", "pattern": f"^[^\\x00-\\x1f\\x7f]{{{min_chars},{max_chars}}}$"}
 
 
+def _capped(max_chars: int) -> AfterValidator:
+    """The schema's length cap as the server's grammar counts characters: a byte sequence the tokenizer
+    could not decode (shown as U+FFFD, one per byte) was one character to the grammar."""
+
+    def check(value: str) -> str:
+        if len(value.replace("\ufffd", "")) > max_chars:
+            raise ValueError(f"String should have at most {max_chars} characters")
+        return value
+
+    return AfterValidator(check)
+
+
+Name = Annotated[str, Field(min_length=1, pattern=NO_CONTROL), _capped(NAME_CHARS)]
+Reason = Annotated[str, Field(pattern=NO_CONTROL), _capped(REASON_CHARS)]
+Summary = Annotated[str, Field(pattern=NO_CONTROL), _capped(SUMMARY_CHARS)]
+
+
 class JsonDimension(BaseModel):
     """As strict as the schema: no coerced types ("4", true), no extra keys, no control characters."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=NAME_CHARS, pattern=NO_CONTROL)
-    reason: str = Field(max_length=REASON_CHARS, pattern=NO_CONTROL)
+    name: Name
+    reason: Reason
     score_1: int = Field(ge=1, le=5)
     score_2: int = Field(ge=1, le=5)
 
@@ -45,7 +62,7 @@ class JsonJudgment(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     dimensions: list[JsonDimension] = Field(min_length=1, max_length=MAX_DIMENSIONS)
-    summary: str = Field(max_length=SUMMARY_CHARS, pattern=NO_CONTROL)
+    summary: Summary
 
 
 SCHEMA: dict[str, Any] = {
