@@ -110,3 +110,50 @@ def test_checkpoints_resolve_from_paths_and_the_hf_cache_only(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(BackendRejected, match="never downloaded"):
         resolve_checkpoint("jeongeunnn/pigreward")
+
+
+def test_the_checkpoints_generation_config_is_never_used(model_dir: Path, tmp_path: Path) -> None:
+    """Decoding comes from the request's Sampling alone: a checkpoint whose generation_config.json asks
+    for penalties and sampling answers exactly as one without it."""
+    import shutil
+
+    altered = tmp_path / "altered"
+    shutil.copytree(model_dir, altered)
+    config = json.loads((altered / "generation_config.json").read_text())
+    config.update(repetition_penalty=1.8, no_repeat_ngram_size=2, do_sample=True, top_k=3, temperature=0.7)
+    (altered / "generation_config.json").write_text(json.dumps(config))
+    reqs = _requests(2, max_tokens=20)
+    plain = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir))).run(reqs)
+    other = _Model(str(altered), HFEngineConfig(judge_model=str(altered))).run(reqs)
+    assert [g.text for g in other] == [g.text for g in plain]
+
+
+def test_penalties_and_stop_strings_change_the_answer_as_requested(model_dir: Path) -> None:
+    model = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir)))
+    [base] = _requests(1, max_tokens=30)
+    [plain] = model.run([base])
+    penalised = base.__class__(
+        messages=base.messages,
+        sampling=Sampling(max_tokens=30, repetition_penalty=1.0, frequency_penalty=2.0, presence_penalty=2.0),
+    )
+    [other] = model.run([penalised])
+    assert other.text != plain.text  # the penalties were applied
+    words = [w for w in plain.text.split() if len(w) > 2]
+    assert words, plain.text
+    stop = words[len(words) // 2]
+    stopped = base.__class__(messages=base.messages, sampling=Sampling(max_tokens=30, stop=(stop,)))
+    [cut] = model.run([stopped])
+    assert cut.finish_reason == "stop" and stop not in cut.text and plain.text.startswith(cut.text)
+
+
+def test_ebnf_grammar_is_enforced_token_by_token(model_dir: Path) -> None:
+    proto = get_protocol("pigreward-v1", None, "ebnf")
+    req = proto.judge_request(
+        ["likes warm light"],
+        "a harbour",
+        _image(0.8, 1),
+        _image(0.2, 2),
+        Sampling(max_tokens=1200, presence_penalty=1.5, frequency_penalty=0.5),
+    )
+    [gen] = HFEngine(HFEngineConfig(judge_model=str(model_dir), reasoner_model=None)).generate([req])
+    assert proto.parse(gen).outcome == "valid", gen.text

@@ -30,6 +30,7 @@ from workers.generation import (
     Engine,
     Generation,
     GenerationRequest,
+    Grammar,
     ModelIdentity,
     Sampling,
     TextPart,
@@ -349,6 +350,14 @@ def test_greedy_defaults_are_sent_explicitly_and_seed_none_is_omitted() -> None:
         engine.generate([_text_request("b", sampling=Sampling(seed=None))])
     first, second = script.bodies
     assert (first["temperature"], first["top_p"], first["max_tokens"], first["seed"]) == (0.0, 1.0, 512, 0)
+    # every field that can change a greedy answer, so no server default or generation_config decides it
+    assert {k: first[k] for k in ("top_k", "min_p", "repetition_penalty", "frequency_penalty")} == {
+        "top_k": -1,
+        "min_p": 0.0,
+        "repetition_penalty": 1.05,
+        "frequency_penalty": 0.0,
+    }
+    assert first["presence_penalty"] == 0.0 and first["stop"] == []
     assert "seed" not in second and second["temperature"] == 0.0 and second["max_tokens"] == 512
     assert first["messages"] == [{"role": "user", "content": "a"}]  # text-only content is a string
 
@@ -649,3 +658,47 @@ def test_ready_checks_the_reasoner_server() -> None:
     with fake_openai_server() as (url, _state), engine_for(url, reasoner_url=_closed_url()) as engine:
         assert engine.ready("judge") is True
         assert engine.ready("reasoner") is False
+
+
+@pytest.mark.parametrize(
+    ("dialect", "kind", "expected"),
+    [
+        ("sglang", "ebnf", {"ebnf": 'root ::= "x"'}),
+        ("sglang", "regex", {"regex": "x+"}),
+        ("vllm", "ebnf", {"structured_outputs": {"grammar": 'root ::= "x"'}}),
+        ("vllm", "regex", {"structured_outputs": {"regex": "x+"}}),
+    ],
+)
+def test_grammars_are_spelled_as_each_server_takes_them(
+    dialect: str, kind: str, expected: dict[str, Any]
+) -> None:
+    script = Script()
+    text = 'root ::= "x"' if kind == "ebnf" else "x+"
+    request = _text_request("a")
+    request = GenerationRequest(
+        messages=request.messages, sampling=request.sampling, grammar=Grammar(kind, text)
+    )  # type: ignore[arg-type]
+    with scripted_server(script) as url, engine_for(url, dialect=dialect) as engine:
+        engine.generate([request])
+    [body] = script.bodies
+    for key, value in expected.items():
+        assert body[key] == value
+    assert not ({"ebnf", "regex", "structured_outputs"} - set(expected)) & set(body)
+
+
+def test_served_name_carries_the_weights_revision_and_the_context_length() -> None:
+    script = Script(
+        models=[{"id": "pigreward-judge@3f2a9c1b7d0e", "root": "/weights/judge", "max_model_len": 8192}]
+    )
+    with scripted_server(script) as url, engine_for(url, judge_model="pigreward-judge") as engine:
+        assert engine.identity("judge") == ModelIdentity("pigreward-judge", "3f2a9c1b7d0e")
+        assert engine.context_length("judge") == 8192
+        engine.generate([_text_request("a")])
+    assert script.bodies[0]["model"] == "pigreward-judge@3f2a9c1b7d0e"  # vLLM wants the served id exactly
+
+
+def test_a_plain_path_without_a_revision_is_unknown() -> None:
+    script = Script(models=[{"id": "/weights/judge", "root": "/weights/judge"}])
+    with scripted_server(script) as url, engine_for(url) as engine:
+        assert engine.identity("judge").revision == "unknown"
+        assert engine.context_length("judge") is None

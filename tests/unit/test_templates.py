@@ -380,3 +380,39 @@ def test_copy_of_builtin_has_builtin_digest(tmp_path: Path) -> None:
         load_template("pigreward-v1", "judge", tmp_path).digest
         == load_template("pigreward-v1", "judge").digest
     )
+
+
+def test_images_first_judge_template_is_accepted_and_reported(
+    tmp_path: Path, images: dict[str, NormalizedImage]
+) -> None:
+    """A plausible training layout: the prefix cache then covers the images, not the user's context."""
+    _write(
+        tmp_path,
+        "pigreward-v1",
+        "judge",
+        "### rationale\n[{n}] {rationale}\n### user\nImage 1: <image_1>\nImage 2: <image_2>\n"
+        "This user's taste:\n{rationales}\nPrompt: {prompt}\n",
+    )
+    template = load_template("pigreward-v1", "judge", tmp_path)
+    assert template.layout == "images-first"
+    assert load_template("pigreward-v1", "judge").layout == "context-first"
+    assert template.format_rationales(["likes red ", "likes calm"]) == "[1] likes red\n[2] likes calm"
+    [user] = template.render(
+        {"rationales": template.format_rationales(["likes red"]), "prompt": "a barn"},
+        {"image_1": images["image_1"], "image_2": images["image_2"]},
+    )
+    kinds = [type(p).__name__ for p in user.parts]
+    assert kinds == ["TextPart", "ImagePart", "TextPart", "ImagePart", "TextPart"]
+    assert "[1] likes red" in user.parts[-1].text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("line", ["{n}. no rationale here", "{rationale}\n{rationale}"])
+def test_rationale_section_must_be_one_line_with_the_rationale(tmp_path: Path, line: str) -> None:
+    _write(
+        tmp_path,
+        "pigreward-v1",
+        "judge",
+        f"### rationale\n{line}\n### user\n{{rationales}} {{prompt}} <image_1> <image_2>\n",
+    )
+    with pytest.raises(TemplateError, match="rationale"):
+        load_template("pigreward-v1", "judge", tmp_path)
