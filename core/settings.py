@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         description="Local path or HF-cache id of the judge's tokenizer (and preprocessor config), used "
         "to count prompt tokens before sending; None: hf_judge_model. Never downloaded.",
     )
+    chat_template: Path | None = Field(
+        None,
+        description="A jinja chat template file the judge server renders prompts with (vLLM: "
+        "ops/templates/qwen2_vl.jinja), used to count tokens and by the hf engine; None: the "
+        "tokenizer's own.",
+    )
     sglang_server: Literal["sglang", "vllm"] = Field(
         "sglang", description="Dialect of the judge server's extra fields: sglang or vllm."
     )

@@ -11,20 +11,22 @@
 #                   the revision comes from ops/weights_revision.sh (WEIGHTS_REVISION overrides)
 #   HOST, PORT      bind address (default 127.0.0.1, loopback) and port (default 30000)
 #   API_KEY         required by clients when set; a HOST that is not loopback needs it
-#   CONTEXT_LENGTH  tokens per request, prompt + answer (default 8192, sized below)
+#   CONTEXT_LENGTH  tokens per request, prompt + answer (default 12288, sized below)
 #   MEM_FRACTION    share of GPU memory for weights + KV cache (default 0.85)
 #   DP              data-parallel replicas, one per GPU (default 1; several GPUs: ops/sglang_router.sh)
 # Extra arguments pass through to sglang.launch_server.
 #
-# Context length, worst-case judge prompt (Qwen2-VL: 14-px patches, 2x2 merge):
-#   15 reference rationales x 256 tokens (reasoner_max_tokens)            3840
+# Context length, worst-case judge prompt (Qwen2-VL: 14-px patches, 2x2 merge), 15 references (the
+# paper's setting; a user with more is fitted by the workers' token budget, which leaves the oldest out):
+#   15 rationales x 512 tokens (a rationale cut off at reasoner_max_tokens 256 is asked again
+#   with twice the budget)                                                 7680
 #   2 images at the 448x448 pixel budget: (448/14)^2 / 4 = 256 tokens
 #     + <|vision_start|> + <|vision_end|> = 258 each                        516
 #   instructions                                                            ~300
 #   user prompt, <= 2,000 characters                                        ~600
 #   chat framing (default system turn, role markers)                         ~20
-#   answer (judge_max_tokens)                                                512
-#   total                                                                  ~5788  -> 8192 (~40% headroom)
+#   answer: the largest the workers send (json-v1 sized from its schema)    1701
+#   total                                                                 ~10817  -> 12288 (~13% headroom)
 # SGLang answers 400 when prompt + max_tokens exceed it (no silent truncation: --allow-auto-truncate
 # is off by default).
 #
@@ -65,7 +67,7 @@ exec python -m sglang.launch_server \
   --host "$host" --port "${PORT:-30000}" \
   ${auth[@]+"${auth[@]}"} \
   --chat-template qwen2-vl \
-  --context-length "${CONTEXT_LENGTH:-8192}" \
+  --context-length "${CONTEXT_LENGTH:-12288}" \
   --limit-mm-data-per-request '{"image": 2}' \
   --sampling-defaults openai \
   --grammar-backend xgrammar \

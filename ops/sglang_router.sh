@@ -14,7 +14,7 @@
 #   WORKER_BASE_PORT      first replica port (default 31000); replicas bind HOST too
 #   ROUTER_METRICS_PORT   the router's Prometheus port (default 29000), bound to HOST: the router's
 #                         own default would be 0.0.0.0
-# Context length 8192 and every server flag as in ops/sglang_judge.sh (arithmetic there).
+# Context length 12288 and every server flag as in ops/sglang_judge.sh (arithmetic there).
 # The router binds HOST:PORT (it takes --host/--port from the server arguments). With API_KEY set,
 # the replicas require it (--api-key) and the router both sends it to them and demands it from its
 # own clients as a Bearer token (--router-api-key).
@@ -53,7 +53,7 @@ exec python -m sglang_router.launch_server \
   --router-prometheus-host "$host" \
   --router-prometheus-port "${ROUTER_METRICS_PORT:-29000}" \
   --chat-template qwen2-vl \
-  --context-length "${CONTEXT_LENGTH:-8192}" \
+  --context-length "${CONTEXT_LENGTH:-12288}" \
   --limit-mm-data-per-request '{"image": 2}' \
   --sampling-defaults openai \
   --grammar-backend xgrammar \

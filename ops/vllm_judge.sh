@@ -15,7 +15,7 @@
 #   HOST, PORT      bind address (default 127.0.0.1, loopback; vLLM's own default is every
 #                   interface) and port (default 30000)
 #   API_KEY         required by clients when set; a HOST that is not loopback needs it
-#   CONTEXT_LENGTH  --max-model-len (default 8192; arithmetic in ops/sglang_judge.sh: ~5788 worst case)
+#   CONTEXT_LENGTH  --max-model-len (default 12288; arithmetic in ops/sglang_judge.sh: ~10817 worst case)
 #   CHAT_TEMPLATE   Jinja chat template (default ops/templates/qwen2_vl.jinja)
 #   MEM_FRACTION    --gpu-memory-utilization (default 0.85)
 #   DP              --data-parallel-size (default 1)
@@ -69,7 +69,7 @@ exec python -m vllm.entrypoints.cli.main serve "$model" \
   ${auth[@]+"${auth[@]}"} \
   --chat-template "$template" \
   --chat-template-content-format openai \
-  --max-model-len "${CONTEXT_LENGTH:-8192}" \
+  --max-model-len "${CONTEXT_LENGTH:-12288}" \
   --limit-mm-per-prompt '{"image": 2, "video": 0}' \
   --generation-config vllm \
   --structured-outputs-config '{"backend": "xgrammar"}' \

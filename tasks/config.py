@@ -99,6 +99,7 @@ def backend_config(settings: Settings, protocol: str | None = None) -> BackendCo
         grammar=settings.grammar,
         context_length=settings.context_length,
         tokenizer=settings.tokenizer or settings.hf_judge_model,
+        chat_template=settings.chat_template,
         http=http_engine_config(settings),
         hf=HFEngineConfig(
             judge_model=settings.hf_judge_model,
@@ -107,6 +108,7 @@ def backend_config(settings: Settings, protocol: str | None = None) -> BackendCo
             device=settings.hf_device,
             dtype=settings.hf_dtype,
             max_batch=settings.hf_max_batch,
+            chat_template=str(settings.chat_template) if settings.chat_template else None,
         ),
     )
     return replace(config, protocol=protocol) if protocol else config

@@ -135,7 +135,7 @@ def resolve_user(*, db: Engine, tenant: str, user: str) -> EndUser:
     return row
 
 
-_PER_PROMPT_USAGE = frozenset({"rationales_dropped", "prompt_tokens_estimated"})
+_PER_PROMPT_USAGE = frozenset({"rationales_dropped", "rationales_used", "prompt_tokens_estimated"})
 
 
 def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[UserContext, ContextData]:

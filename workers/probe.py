@@ -57,12 +57,11 @@ def probe_images(pixel_budget: int) -> list[NormalizedImage]:
 
 
 def _refusal(message: str, template: str) -> str:
+    """A refused request, always naming the server's chat template (the usual cause)."""
     lowered = message.lower()
-    if "template" in lowered:
-        return f"the server's chat template ({template}) refused the request: {message}"
-    if "image" in lowered:
-        return f"the server refused the images: {message}"
-    return message
+    if "image" in lowered and "template" not in lowered:
+        return f"the server refused the images (chat template {template}): {message}"
+    return f"the server's chat template ({template}) or the server refused the request: {message}"
 
 
 def probe(
@@ -79,7 +78,7 @@ def probe(
     judge = backend.engine.identity("judge")
     report.add(
         "judge model",
-        judge.revision != "unknown",
+        True if judge.revision != "unknown" else None,  # a warning: judging works, staleness does not
         f"{judge.model_id} rev {judge.revision}"
         + (
             ""
@@ -163,7 +162,7 @@ def _worst_case(
     """Does a full context (rationales at their token limit) with the longest prompt fit?"""
     length = backend.context_length()
     counter = backend.counter
-    limit = backend.reasoner_sampling.max_tokens
+    limit = 2 * backend.reasoner_sampling.max_tokens  # a rationale cut off once is asked again with twice
     # a rationale of about `limit` tokens: the probe's own rationale repeated, measured by the counter
     words = (sample.split() or ["warm"]) * 400
     one = backend.protocol.judge_request(["x"], "p", image_1, image_2, backend.judge_sampling)

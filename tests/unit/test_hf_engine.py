@@ -157,3 +157,9 @@ def test_ebnf_grammar_is_enforced_token_by_token(model_dir: Path) -> None:
     )
     [gen] = HFEngine(HFEngineConfig(judge_model=str(model_dir), reasoner_model=None)).generate([req])
     assert proto.parse(gen).outcome == "valid", gen.text
+
+
+def test_token_count_from_image_sizes_equals_the_encoded_length(model_dir: Path) -> None:
+    model = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir)))
+    for request in _requests(3):
+        assert model.count(request) == len(model.encode(request)[0])

@@ -27,8 +27,8 @@ VLLM = "vllm-0.33.0.txt"
 
 # Worst-case prompt + answer, in tokens (the arithmetic is in ops/sglang_judge.sh and sglang_reasoner.sh).
 IMAGE_TOKENS = (448 // 14) ** 2 // 4 + 2  # 2x2-merged patches of a 448x448 image + vision start/end
-JUDGE_WORST = 15 * 256 + 2 * IMAGE_TOKENS + 300 + 600 + 20 + 512
-REASONER_WORST = 2 * IMAGE_TOKENS + 300 + 600 + 20 + 256
+JUDGE_WORST = 15 * 512 + 2 * IMAGE_TOKENS + 300 + 600 + 20 + 1701  # regenerated rationales, json-v1 answer
+REASONER_WORST = 2 * IMAGE_TOKENS + 300 + 600 + 20 + 512  # a regenerated rationale
 
 # script -> (server, flag lists, model variable, default served name, worst case)
 SCRIPTS = {
@@ -66,8 +66,12 @@ def local_revision(ckpt: Path) -> str:
     h = hashlib.sha256()
     for name in ("config.json", "model.safetensors.index.json"):
         h.update(name.encode() + b"\0" + (ckpt / name).read_bytes() + b"\0")
+    block = 1 << 20
     for shard in sorted(ckpt.glob("*.safetensors")):
-        h.update(f"{shard.name}\0{shard.stat().st_size}\n".encode())
+        data, size = shard.read_bytes(), shard.stat().st_size
+        h.update(f"{shard.name}\0{size}\n".encode())
+        for offset in sorted({0, max(0, size // 2 - block // 2), max(0, size - block)}):
+            h.update(data[offset : offset + block])
     return h.hexdigest()[:12]
 
 
@@ -232,9 +236,15 @@ def test_revision_follows_the_weights(sandbox: Path, tmp_path: Path) -> None:
     for f in (sandbox / "ckpt").iterdir():
         (ckpt / f.name).write_bytes(f.read_bytes())
     before = value(launched(run(sandbox, "sglang_judge.sh", JUDGE_MODEL=str(ckpt)))[0], "--weight-version")
-    (ckpt / "model-00002-of-00002.safetensors").write_bytes(b"\0" * 33)
+    shard = ckpt / "model-00002-of-00002.safetensors"
+    size = shard.stat().st_size
+    shard.write_bytes(b"\0" * 33)
     after = value(launched(run(sandbox, "sglang_judge.sh", JUDGE_MODEL=str(ckpt)))[0], "--weight-version")
     assert before != after and len(after) == 12
+    # retrained: the same shapes, so the same sizes, other bytes
+    shard.write_bytes(bytes([7]) * size)
+    retrained = value(launched(run(sandbox, "sglang_judge.sh", JUDGE_MODEL=str(ckpt)))[0], "--weight-version")
+    assert retrained not in (before, after) and shard.stat().st_size == size
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

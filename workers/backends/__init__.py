@@ -32,6 +32,7 @@ class BackendConfig:
     grammar: str = "off"  # pigreward-v1 loop control: off | ebnf | regex
     context_length: int | None = None  # None: the server's max_model_len, else 8192
     tokenizer: str | None = None  # counts prompt tokens (sglang); None: estimated
+    chat_template: Path | None = None  # the template the server renders with, for counting
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512))
     reasoner_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
     http: HTTPEngineConfig = field(
@@ -75,6 +76,7 @@ def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
         reasoner_sampling=config.reasoner_sampling,
         context_length=config.context_length,
         tokenizer=config.tokenizer,
+        chat_template=config.chat_template,
     )
 
 

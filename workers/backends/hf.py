@@ -26,6 +26,7 @@ from workers.backends.qwen_vision import (
     IMAGE_PAD,
     VisionSpec,
     expand_image_pads,
+    image_tokens,
     mm_token_type_ids,
     preprocess,
 )
@@ -137,6 +138,7 @@ class _Model:
         self.wants_mm_types = "mm_token_type_ids" in forward_args  # transformers >= 5 computes M-RoPE from it
         self.cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in 5.x
         self._grammar: Any = None
+        self._tokenizer_lock = threading.Lock()  # the batcher and token counts share one tokenizer
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"hf-batcher-{name}", daemon=True)
         self._thread.start()
@@ -180,8 +182,8 @@ class _Model:
                         j.future.set_result(res)
 
     # -- one batched generate ---------------------------------------------------------------
-    def encode(self, request: GenerationRequest) -> tuple[list[int], list[Any]]:
-        """Token ids of one chat (image pads expanded) and its images, in order."""
+    def _chat(self, request: GenerationRequest) -> tuple[str, list[Any]]:
+        """The rendered chat (one pad per image) and its images, in order."""
         messages, images = [], []
         for m in request.messages:
             content: list[dict[str, Any]] = []
@@ -192,12 +194,30 @@ class _Model:
                     content.append({"type": "image"})
                     images.append(part.image.image)
             messages.append({"role": m.role, "content": content})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        with self._tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, images
+
+    def encode(self, request: GenerationRequest) -> tuple[list[int], list[Any]]:
+        """Token ids of one chat (image pads expanded) and its images, in order."""
+        text, images = self._chat(request)
         pixel_grids = preprocess(images, self.vision) if images else None
         if pixel_grids is not None:
             text = expand_image_pads(text, pixel_grids[1], self.vision.merge_size)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with self._tokenizer_lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids, images
+
+    def count(self, request: GenerationRequest) -> int:
+        """What `encode` would give in length, from the image sizes (no pixels processed)."""
+        text, images = self._chat(request)
+        with self._tokenizer_lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        total = len(ids)
+        for img in images:
+            width, height = img.size
+            total += image_tokens(int(width), int(height), self.vision) - 1  # the pad already counted
+        return total
 
     def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """One batched generation. With a shared prefix, rows are laid out [prefix][pads][suffix].
@@ -266,7 +286,8 @@ class _Model:
             stop_at = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
             finished = stop_at is not None
             kept = tokens[:stop_at] if finished else tokens
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            with self._tokenizer_lock:
+                text = self.tokenizer.decode(kept, skip_special_tokens=True)
             cut = _cut_at_stop(text, request.sampling.stop)
             if cut is not None:  # as OpenAI servers do: the stop string ends the answer and is left out
                 text, finished = cut, True
@@ -406,7 +427,7 @@ class HFEngine:
 
     def tokens(self, role: Literal["judge", "reasoner"], request: GenerationRequest) -> int:
         """The prompt's exact token count (image pads expanded) as this engine would send it."""
-        return len(self._model(role).encode(request)[0])
+        return self._model(role).count(request)
 
     def close(self) -> None:
         with self._lock:

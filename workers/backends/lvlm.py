@@ -15,18 +15,20 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from core.enums import Outcome
-from core.errors import NoReferences
+from core.errors import BackendRejected, NoReferences
 from workers.budget import (
     DEFAULT_CONTEXT_LENGTH,
     EngineCounter,
     TokenCounter,
     fit_rationales,
     load_counter,
+    margin_for,
 )
-from workers.generation import Engine, ModelIdentity, Sampling, decoding_digest
+from workers.generation import Engine, GenerationRequest, ModelIdentity, Sampling, decoding_digest
 from workers.imaging import NormalizedImage
 from workers.protocols import JudgeProtocol
 from workers.schemas import ContextData, JudgeResult, ReferenceExample
@@ -46,6 +48,7 @@ class LVLMBackend:
         context_length: int | None = None,
         counter: TokenCounter | None = None,
         tokenizer: str | None = None,
+        chat_template: Path | None = None,
     ) -> None:
         """`context_length`: the configured limit (the server's reported one wins when smaller);
         `counter` or else `tokenizer` (a checkpoint path or HF-cache id) counts prompt tokens."""
@@ -58,6 +61,7 @@ class LVLMBackend:
         self._context_length = context_length
         self._counter = counter
         self._tokenizer = tokenizer
+        self._chat_template = chat_template
         self._counter_lock = threading.Lock()
 
     @property
@@ -78,7 +82,7 @@ class LVLMBackend:
                 if callable(count):  # the in-process engine counts exactly what it runs
                     self._counter = EngineCounter(lambda r: int(count("judge", r)))
                 else:
-                    self._counter = load_counter(self._tokenizer)
+                    self._counter = load_counter(self._tokenizer, self._chat_template)
             return self._counter
 
     def context_length(self) -> int:
@@ -166,22 +170,33 @@ class LVLMBackend:
         result = self.protocol.parse(gen)
         usage = dict(gen.usage)
         usage["prompt_tokens_counted"] = fit.tokens
+        usage["rationales_used"] = fit.kept  # 0: the verdict is not personalized (see the context)
         if fit.dropped:
             usage["rationales_dropped"] = fit.dropped
         if not self.counter.exact:
             usage["prompt_tokens_estimated"] = 1
         if result.outcome == Outcome.invalid and self.repair:
             follow_up = self.protocol.repair(request, gen, result)
-            if follow_up is not None:
-                [gen2] = self.engine.generate([follow_up])
-                repaired = self.protocol.parse(gen2)
-                usage = _sum_usage([usage, gen2.usage])
-                usage["repairs"] = 1
-                raw = f"{gen.text}\n--- repair ---\n{gen2.text}"
-                result = repaired.model_copy(update={"raw_text": raw})
+            if follow_up is not None and self._fits(follow_up):
+                try:
+                    [gen2] = self.engine.generate([follow_up])
+                except BackendRejected:  # the repair was refused: the first answer's result stands
+                    gen2 = None
+                if gen2 is not None:
+                    repaired = self.protocol.parse(gen2)
+                    usage = _sum_usage([usage, gen2.usage])
+                    usage["repairs"] = 1
+                    raw = f"{gen.text}\n--- repair ---\n{gen2.text}"
+                    result = repaired.model_copy(update={"raw_text": raw})
         return result.model_copy(
             update={"usage": usage, "timings": {"backend_s": time.perf_counter() - started}}
         )
+
+    def _fits(self, request: GenerationRequest) -> bool:
+        """Whether a follow-up (the first prompt, the bad answer and the request to fix it) still fits."""
+        length = self.context_length()
+        needed = self.counter.tokens(request) + request.sampling.max_tokens + margin_for(length)
+        return needed <= length
 
     def close(self) -> None:
         self.engine.close()

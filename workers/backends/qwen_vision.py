@@ -225,6 +225,12 @@ def preprocess(images: Sequence[Image.Image], spec: VisionSpec) -> tuple[torch.T
     return pixel_values, torch.tensor(grids, dtype=torch.int64)
 
 
+def image_tokens(width: int, height: int, spec: VisionSpec) -> int:
+    """`<|image_pad|>` tokens for an image of this size, without touching its pixels (token budgets)."""
+    h, w = smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels)
+    return (h // spec.patch_size) * (w // spec.patch_size) // (spec.merge_size**2)
+
+
 def image_token_count(grid_thw: torch.Tensor | Sequence[int], merge_size: int) -> int:
     """How many `<|image_pad|>` tokens stand for an image of this (t, h, w) patch grid."""
     values = grid_thw.tolist() if isinstance(grid_thw, torch.Tensor) else list(grid_thw)

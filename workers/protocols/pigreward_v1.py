@@ -7,7 +7,8 @@ Requests come from the protocol's templates; answers are read by the strict pars
 from __future__ import annotations
 
 from core.enums import Outcome, Winner
-from workers.generation import Generation
+from workers.generation import Generation, Sampling
+from workers.protocols.pigreward_v1_grammar import max_chars
 from workers.protocols.pigreward_v1_parser import parse as parse_pigreward_v1
 from workers.protocols.protocol import JudgeProtocol
 from workers.schemas import Dimension, JudgeResult
@@ -19,6 +20,13 @@ class PigrewardV1(JudgeProtocol):
     """The released checkpoints' text format, read strictly."""
 
     name = "pigreward-v1"
+
+    def judge_sampling(self, sampling: Sampling) -> Sampling:
+        """With a grammar, room for the longest answer it admits (a constrained answer never truncates)."""
+        if self.grammar is None:
+            return sampling
+        needed = max_chars(self.grammar.kind) + 1  # and the stop token
+        return sampling.model_copy(update={"max_tokens": max(sampling.max_tokens, needed)})
 
     def parse(self, gen: Generation) -> JudgeResult:
         if gen.finish_reason == "malformed":

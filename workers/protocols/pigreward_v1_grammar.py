@@ -29,6 +29,18 @@ REASON_CHARS = 160
 _VERDICTS = {"1": "Image 1 is better", "2": "Image 2 is better", "tie": "It is a tie"}
 
 
+def max_chars(kind: str) -> int:
+    """The longest answer a grammar admits, in characters: every token writes at least one, so this
+    many tokens (and the stop token) always hold a grammar-constrained answer."""
+    line = NAME_CHARS + len(": ") + REASON_CHARS + len(f" (Score 1: {MAX_SCORE}, Score 2: {MAX_SCORE})\n")
+    top = MAX_DIMENSIONS * MAX_SCORE
+    if kind == "ebnf":
+        totals = 2 * len(f"Score 1: {top}\n")
+    else:  # regex: the terms, then a two-digit total
+        totals = 2 * len(f"Score 1: {'+'.join([str(MAX_SCORE)] * MAX_DIMENSIONS)}=99\n")
+    return MAX_DIMENSIONS * line + totals + max(len(v) for v in _VERDICTS.values())
+
+
 def grammar_for(kind: str) -> Grammar | None:
     """The grammar of a `PIGREWARD_GRAMMAR` value (off: None)."""
     if kind == "off":
