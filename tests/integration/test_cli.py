@@ -159,7 +159,7 @@ def test_refs_add_then_judge_for_a_new_user(tmp_path: Path) -> None:
 
 def test_db_upgrade_and_worker_refusal_on_the_embedded_broker(tmp_path: Path) -> None:
     up = run_cli(tmp_path, "db", "upgrade")
-    assert "database at revision 0005" in up.stdout
+    assert "database at revision 0006" in up.stdout
     worker = run_cli(tmp_path, "worker", check=False)
     assert worker.returncode != 0
     assert "memory://" in worker.stderr and "PIGREWARD_BROKER_URL" in worker.stderr
