@@ -14,7 +14,7 @@ from kombu import Queue
 from kombu import pools as kombu_pools
 
 from core.settings import Settings, get_settings
-from tasks import logs
+from tasks import kombu_fixes, logs
 
 QUEUES = ("context", "judge", "optimize", "bulk")
 ROUTES = {
@@ -91,3 +91,4 @@ def reconfigure(app: Celery, settings: Settings) -> None:
 
 app = create_app()
 logs.install()
+kombu_fixes.install()

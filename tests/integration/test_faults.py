@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,18 +26,19 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("broker", sorted(SCENARIOS))
-def test_every_judgment_ends_once_through_each_fault(broker: str) -> None:
+def test_every_judgment_ends_once_through_each_fault(broker: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")}
     proc = subprocess.run(
         [sys.executable, "-m", "pigreward.cli", "bench", "faults", "--brokers", broker]
-        + ["--scenarios", SCENARIOS[broker], "--judgments", "100", "--fast", "--lvlm-seconds", "10"],
+        + ["--scenarios", SCENARIOS[broker], "--judgments", "100", "--fast", "--lvlm-seconds", "10"]
+        + ["--logs", str(tmp_path)],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=420,
     )
-    report = f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    report = f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}\n{_first_traceback(tmp_path)}"
     assert proc.returncode == 0, report
     rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] == [broker]]
     assert [row[1] for row in rows] == SCENARIOS[broker].split(","), report
@@ -51,3 +53,13 @@ def test_every_judgment_ends_once_through_each_fault(broker: str) -> None:
     if lvlm:  # garbage and loops are invalid verdicts, not retried into done
         assert int(dict(zip(header, lvlm[0], strict=True))["invalid"]) > 0, report
     assert "SUMMARY all scenarios: 0 lost, 0 duplicated, 0 stuck, 0 failed" in proc.stdout, report
+
+
+def _first_traceback(logs: Path) -> str:
+    """The first traceback the workers logged, whole, so a failure says where it came from."""
+    for log in sorted(logs.rglob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        for n, line in enumerate(lines):
+            if line.startswith("Traceback"):
+                return f"first traceback in {log.name}:\n" + "\n".join(lines[max(0, n - 2) : n + 60])
+    return "no traceback in the workers' logs"
