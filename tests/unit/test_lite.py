@@ -429,3 +429,43 @@ def test_feature_cache_by_content(backend: LiteBackend, new_warm_and_cool: tuple
     assert fresh.features(warm) is not a
     np.testing.assert_array_equal(fresh.features(warm), a)
     fresh.close()
+
+
+# ------------------------------------------------------------------------------------ the reason
+
+
+def test_the_reason_names_the_dimension_that_favours_the_winner() -> None:
+    """Image 2 wins on the sum, yet the single largest contribution (dimension 7) favours Image 1:
+    naming it would say "Image 2 is better, chiefly on X: Image 1 is more X"."""
+    from core.enums import Winner
+    from workers.backends.lite import leading_dimension
+
+    dims, toward_1 = [7, 3, 5], [0.9, -0.6, -0.5]  # total -0.2: Image 2 wins
+    assert leading_dimension(dims, toward_1, Winner.B) == 3
+    assert leading_dimension(dims, toward_1, Winner.A) == 7
+    assert leading_dimension(dims, [0.2, -0.5, 0.3], Winner.tie) == 3  # a tie: the largest either way
+
+
+def test_every_reason_agrees_with_its_verdict(backend: LiteBackend, warm_lover: ContextData) -> None:
+    rng = np.random.default_rng(11)
+    checked = 0
+    for i in range(40):
+        a = _image(
+            **{k: float(v) for k, v in zip(_ATTRS, rng.uniform(0, 1, len(_ATTRS)), strict=True)}, seed=300 + i
+        )
+        b = _image(
+            **{k: float(v) for k, v in zip(_ATTRS, rng.uniform(0, 1, len(_ATTRS)), strict=True)}, seed=400 + i
+        )
+        res = backend.judge(warm_lover, "a scene", a, b)
+        if res.winner not in ("A", "B"):
+            continue
+        named = next(d for d in res.dimensions if d.name.lower() in res.rationale.split(":")[0])
+        winner_score, loser_score = (
+            (named.score_a, named.score_b) if res.winner == "A" else (named.score_b, named.score_a)
+        )
+        assert winner_score >= loser_score, res.rationale
+        checked += 1
+    assert checked >= 30
+
+
+_ATTRS = ("warmth", "saturation", "brightness", "clutter", "centering", "symmetry")

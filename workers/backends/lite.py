@@ -43,6 +43,18 @@ def fit_weights(diffs: np.ndarray, l2: float = L2, steps: int = 25) -> np.ndarra
     return w
 
 
+def leading_dimension(dims: Sequence[int], toward_1: Sequence[float], winner: Winner) -> int:
+    """The dimension the reason names: the one that most favours the winner (`toward_1[k]`: how much
+    dimension `dims[k]` favours Image 1). The largest contribution in absolute terms may favour the
+    loser, and naming it would contradict the verdict; for a tie, the largest either way."""
+    sign = {Winner.A: 1.0, Winner.B: -1.0}.get(winner)
+    if sign is None:
+        k = max(range(len(dims)), key=lambda j: abs(toward_1[j]))
+    else:
+        k = max(range(len(dims)), key=lambda j: sign * toward_1[j])
+    return dims[k]
+
+
 class LiteBackend:
     """The embedded default and the baseline the LVLM backends must beat."""
 
@@ -172,7 +184,7 @@ class LiteBackend:
             else f"Image {1 if winner == 'A' else 2} is better"
         )
         raw = "\n".join([*lines, f"Score 1: {total_1}", f"Score 2: {total_2}", verdict])
-        best = max(dims, key=lambda i: abs(weights[i] * (z1[i] - z2[i])))
+        best = leading_dimension(dims, [float(weights[i] * (z1[i] - z2[i])) for i in dims], winner)
         rationale = (
             f"{verdict} for this user, chiefly on {FEATURES[best].title.lower()}: "
             f"{self._dimension_reason(best, f1[best], f2[best], weights[best], p['evidence'][FEATURES[best].key])}"
