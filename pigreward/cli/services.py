@@ -23,10 +23,18 @@ from workers.backends.openai_http import OpenAIHTTPEngine
 from workers.probe import probe
 
 
+ALL_QUEUES = "context,judge,optimize,bulk"
+
+
+def worker_name(queues: str, pid: int) -> str:
+    """A node name unique on its host: Celery's default (celery@host) is the same for every worker there,
+    and Flower then shows one of them."""
+    which = "" if queues == ALL_QUEUES else "-" + "-".join(q.strip() for q in queues.split(",") if q.strip())
+    return f"pigreward{which}-{pid}@%h"
+
+
 @click.command()
-@click.option(
-    "-Q", "--queues", default="context,judge,optimize,bulk", show_default=True, help="Comma-separated queues."
-)
+@click.option("-Q", "--queues", default=ALL_QUEUES, show_default=True, help="Comma-separated queues.")
 @click.option("-c", "--concurrency", type=int, default=None, help="Pool size (default: settings).")
 @click.option(
     "--pool",
@@ -36,8 +44,15 @@ from workers.probe import probe
     help="threads suits I/O-bound backends (sglang); prefork suits CPU-bound lite.",
 )
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
-def worker(queues: str, concurrency: int | None, pool: str, loglevel: str) -> None:
-    """Start a Celery worker on the configured broker."""
+@click.option(
+    "-n",
+    "--hostname",
+    default=None,
+    help="Celery node name (%h: the host). Default: unique per process, e.g. pigreward-bulk-4242@%h, "
+    "so Flower lists several workers on one host apart.",
+)
+def worker(queues: str, concurrency: int | None, pool: str, loglevel: str, hostname: str | None) -> None:
+    """Start a Celery worker on the configured broker (every queue unless -Q says otherwise)."""
     settings = get_settings()
     if settings.embedded_broker:
         raise click.UsageError(
@@ -51,6 +66,7 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str) -> No
             f"--concurrency={concurrency or settings.worker_concurrency}",
             f"--pool={pool}",
             f"--loglevel={loglevel}",
+            f"--hostname={hostname or worker_name(queues, os.getpid())}",
             # gossip (worker-to-worker events) is unused, and its restart after a broker loss logs
             # a spurious traceback (Celery 5.7); Flower works from task events and remote control
             "--without-gossip",

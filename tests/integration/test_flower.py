@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ops.flower import FlowerConfigError, flower_command, run_flower
-from ops.stack import free_port, wait_until
+from ops.stack import celery_worker, free_port, wait_until
 from tasks import judge
 from tests.integration.conftest import Stack
 from tests.integration.helpers import image, user_who_likes_warm
@@ -101,6 +101,36 @@ def test_flower_shows_the_worker_and_a_finished_judgment(stack: Stack, flower: s
     # the single-task view agrees; and it too needs credentials
     assert client.get(f"/api/task/info/{seen['uuid']}").json()["state"] == "SUCCESS"
     assert httpx.get(f"{flower}/api/task/info/{seen['uuid']}", timeout=10).status_code == 401
+
+
+def test_workers_on_one_host_are_listed_under_their_own_names(
+    stack: Stack, flower: str, tmp_path: Path
+) -> None:
+    """Two more `pigreward worker`s on this host: Celery's default name (celery@host) would be the same
+    for all of them, and Flower would list one."""
+    client = httpx.Client(base_url=flower, auth=AUTH, timeout=30)
+    with (
+        celery_worker(stack.env, "bulk", tmp_path / "bulk.log", concurrency=1) as bulk,
+        celery_worker(stack.env, "optimize", tmp_path / "optimize.log", concurrency=1) as optimize,
+    ):
+        wanted = {f"pigreward-bulk-{bulk.pid}@", f"pigreward-optimize-{optimize.pid}@"}
+        names: list[str] = []
+
+        def both_listed() -> bool:
+            nonlocal names
+            names = list(client.get("/api/workers", params={"refresh": 1}).raise_for_status().json())
+            return all(any(n.startswith(w) for n in names) for w in wanted)
+
+        wait_until(both_listed, 60, f"{wanted} in Flower's /api/workers", interval=1)
+    assert len(names) == len(set(names)) >= 3  # the stack's own worker too
+
+
+def test_worker_names_are_unique_per_process() -> None:
+    from pigreward.cli.services import ALL_QUEUES, worker_name
+
+    assert worker_name(ALL_QUEUES, 4242) == "pigreward-4242@%h"
+    assert worker_name("context, judge", 7) == "pigreward-context-judge-7@%h"
+    assert worker_name("bulk", 7) != worker_name("bulk", 8)
 
 
 # -- the launcher refuses unsafe configurations (no Flower started) -------------------------------
