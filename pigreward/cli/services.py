@@ -22,7 +22,6 @@ from workers.backends.lvlm import LVLMBackend
 from workers.backends.openai_http import OpenAIHTTPEngine
 from workers.probe import probe
 
-
 ALL_QUEUES = "context,judge,optimize,bulk"
 
 
