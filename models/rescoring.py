@@ -35,6 +35,17 @@ def ensure_run(*, session: Session, run_key: str, params: dict[str, Any]) -> Res
     return session.exec(select(RescoreRun).where(RescoreRun.run_key == run_key)).one()
 
 
+def follow_up_run(*, session: Session, run_key: str, params: dict[str, Any]) -> RescoreRun:
+    """The first `<run_key>+N` (N = 2, 3, ...) that is not finished: where newly stale rows of a night
+    whose run already finished are re-scored (a crashed follow-up is resumed, like any run)."""
+    n = 2
+    while True:
+        run = ensure_run(session=session, run_key=f"{run_key}+{n}", params=params)
+        if run.status != RunStatus.done:
+            return run
+        n += 1
+
+
 def count_requeued(*, session: Session, run_id: int, reasons: Sequence[str]) -> None:
     """Add judgments re-queued by this run (one reason each) to its totals."""
     run = session.get(RescoreRun, run_id)

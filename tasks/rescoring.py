@@ -45,6 +45,7 @@ def rescore_stale(
         "by_reason": report.by_reason,
         "scanned": report.scanned,
         "already_done": report.already_done,
+        "follow_up_of": report.follow_up_of,
         "skipped_backends": report.skipped_backends,
         "dry_run": report.dry_run,
     }

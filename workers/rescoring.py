@@ -4,8 +4,9 @@ A judgment is stale when the judge model or its revision changed, the prompt tem
 decoding parameters changed (sampling, penalties, stop strings, grammar), the user's context changed
 (new references, a new reasoner, template or reasoner decoding), or a person flagged it. Stale
 verdicts are archived (`judgment_history`) and their rows put back in the queue, in chunks, under a
-run whose key (one per night by default) makes a second run of the same night add nothing. A run
-that crashed resumes where it stopped: re-queued rows are no longer stale, so they are not found again.
+run whose key (one per night by default) makes a second run of the same night add nothing unless rows
+went stale since it finished, which a follow-up run (`<key>+2`, `+3`, ...) re-scores. A run that
+crashed resumes where it stopped: re-queued rows are no longer stale, so they are not found again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from models.rescoring import (
     count_requeued,
     ensure_run,
     finish_rescore_run,
+    follow_up_run,
 )
 from models.tables import Judgment, UserContext, id_of
 from workers.backends.base import Backend
@@ -42,6 +44,7 @@ class RescoreReport:
     scanned: int = 0
     skipped_backends: dict[str, str] = field(default_factory=dict)  # backend -> why its versions are unknown
     already_done: bool = False
+    follow_up_of: str | None = None  # the finished run whose newly stale rows this run re-scores
     requeued_ids: list[int] = field(default_factory=list)  # by this call
 
 
@@ -132,17 +135,25 @@ def run_rescore(
 ) -> RescoreReport:
     """Find the stale set and re-queue it under `run_key`; `send` enqueues a chunk of judgment ids."""
     report = RescoreReport(run_key=run_key, dry_run=dry_run)
+    params = {"since": since.isoformat() if since else None}
+    stale: list[tuple[int, str]] | None = None
     if not dry_run:
         with session_scope(res.db) as session:
-            run = ensure_run(
-                session=session, run_key=run_key, params={"since": since.isoformat() if since else None}
-            )
-            if run.status == RunStatus.done:
+            run = ensure_run(session=session, run_key=run_key, params=params)
+        if run.status == RunStatus.done:
+            # rows that went stale after that run finished (a new reference, a flag) are re-scored by a
+            # follow-up run of the same key; with nothing newly stale, the run adds nothing
+            stale, report.skipped_backends, report.scanned = find_stale(res, since=since)
+            if not stale:
                 report.already_done = True
                 report.requeued, report.by_reason = run.requeued, dict(run.by_reason)
                 return report
-            run_id = id_of(run)
-    stale, report.skipped_backends, report.scanned = find_stale(res, since=since)
+            with session_scope(res.db) as session:
+                run = follow_up_run(session=session, run_key=run_key, params=params)
+            report.run_key, report.follow_up_of = run.run_key, run_key
+        run_id = id_of(run)
+    if stale is None:
+        stale, report.skipped_backends, report.scanned = find_stale(res, since=since)
     reasons = Counter(reason for _, reason in stale)
     if dry_run:
         report.by_reason = dict(reasons)

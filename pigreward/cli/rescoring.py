@@ -41,7 +41,13 @@ def rescore(since: str | None, run_key: str | None, dry_run: bool, wait: bool, n
         click.echo(f"dry run: {sum(report.by_reason.values())} stale of {report.scanned} scanned ({reasons})")
     elif report.already_done:
         click.echo(
-            f"run {report.run_key} already finished ({report.requeued} re-scored: {reasons}); nothing added"
+            f"run {report.run_key} already finished ({report.requeued} re-scored: {reasons}); nothing has "
+            "gone stale since, so nothing added"
+        )
+    elif report.follow_up_of:
+        click.echo(
+            f"run {report.follow_up_of} had already finished; {report.requeued} judgments that went stale "
+            f"since were re-scored under {report.run_key} ({reasons})"
         )
     else:
         click.echo(

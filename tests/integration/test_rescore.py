@@ -95,9 +95,29 @@ def test_a_new_reference_makes_the_users_judgments_stale_by_context(stack, judge
             chosen_uri=image(stack, "rescore/extra-warm.png", warmth=0.95, seed=900),
             rejected_uri=image(stack, "rescore/extra-cool.png", warmth=0.05, seed=901),
         )
+    dry = rescore_stale.delay(run_key="test-context", dry_run=True).get(timeout=120)
     report = rescore_stale.delay(run_key="test-context").get(timeout=120)
-    assert report["by_reason"] == {"context": 3} and report["requeued"] == 3
+    assert report["by_reason"] == dry["by_reason"] == {"context": 3} and report["requeued"] == 3
     assert wait_for_judgments(_engine(), judged["rs-c"], progress=False, timeout_s=120) == {"done": 3}
+
+
+def test_rows_stale_after_the_nights_run_are_rescored_by_a_follow_up(stack, judged) -> None:  # type: ignore[no-untyped-def]
+    """The night's run is done; then a person flags a verdict: the dry run counts it and a second run
+    of the same night re-scores it (under `<key>+2`) instead of saying "nothing added"."""
+    first = rescore_stale.delay(run_key="test-night-f").get(timeout=120)
+    ids = [jid for group in judged.values() for jid in group]
+    assert wait_for_judgments(_engine(), ids, progress=False, timeout_s=120) == {"done": len(ids)}
+    assert not first["already_done"]
+    with session_scope(_engine()) as session:
+        flag_judgment(session=session, judgment_id=judged["rs-b"][1])
+    dry = rescore_stale.delay(run_key="test-night-f", dry_run=True).get(timeout=60)
+    assert dry["by_reason"] == {"flagged": 1}
+    again = rescore_stale.delay(run_key="test-night-f").get(timeout=120)
+    assert again["follow_up_of"] == "test-night-f" and again["run_key"] == "test-night-f+2"
+    assert again["by_reason"] == dry["by_reason"] and again["requeued"] == 1 and not again["already_done"]
+    assert wait_for_judgments(_engine(), [judged["rs-b"][1]], progress=False, timeout_s=120) == {"done": 1}
+    third = rescore_stale.delay(run_key="test-night-f").get(timeout=60)  # nothing new: nothing added
+    assert third["already_done"] and third["run_key"] == "test-night-f"
 
 
 def test_a_crashed_run_resumes_where_it_stopped(stack, judged) -> None:  # type: ignore[no-untyped-def]
