@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -101,6 +102,35 @@ def upgrade(url: str, revision: str = "head") -> str:
         make_engine(url).dispose()  # creates the parent folder of the file
     command.upgrade(alembic_config(url), revision)
     return current_revision(url) or "base"
+
+
+def downgrade(url: str, revision: str) -> str:
+    """Take the schema at `url` back to `revision` (e.g. "-1", "0005", "base"); returns the one now current."""
+    command.downgrade(alembic_config(url), revision)
+    return current_revision(url) or "base"
+
+
+@dataclass(frozen=True)
+class Migration:
+    revision: str
+    down_revision: str | None
+    title: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration, oldest first (what `pigreward db history` lists)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    found = [
+        Migration(str(r.revision), str(r.down_revision) if r.down_revision else None, (r.doc or "").strip())
+        for r in script.walk_revisions()
+    ]
+    return list(reversed(found))
+
+
+def head_revision() -> str:
+    return migrations()[-1].revision
 
 
 def current_revision(url: str) -> str | None:

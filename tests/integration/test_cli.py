@@ -333,3 +333,20 @@ def test_bench_convert_then_accuracy_on_the_ranked_fixture(tmp_path: Path) -> No
         tmp_path / "data", "bench", "convert", str(tmp_path), str(tmp_path / "x.jsonl"), check=False
     )
     assert bad.returncode == 1 and "rankings.jsonl" in bad.stderr
+
+
+def test_db_current_history_and_downgrade(tmp_path: Path) -> None:
+    fresh = run_cli(tmp_path, "db", "current")
+    assert "no schema yet" in fresh.stdout and "0006" in fresh.stdout
+    run_cli(tmp_path, "db", "upgrade")
+    assert "at revision 0006 (the newest)" in run_cli(tmp_path, "db", "current").stdout
+    history = run_cli(tmp_path, "db", "history").stdout.splitlines()
+    assert [line.split()[0] for line in history] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert history[-1].endswith("<- current") and "decoding" in history[-1]
+    down = run_cli(tmp_path, "db", "downgrade", "-1", "--yes")
+    assert "database at revision 0005" in down.stdout
+    behind = run_cli(tmp_path, "db", "current").stdout
+    assert "at revision 0005; newest is 0006, run `pigreward db upgrade`" in behind
+    refused = run_cli(tmp_path, "db", "downgrade", "base", check=False, stdin="n\n")
+    assert refused.returncode != 0 and "Aborted" in refused.stderr
+    assert "at revision 0005" in run_cli(tmp_path, "db", "current").stdout  # nothing was dropped
