@@ -230,3 +230,18 @@ def test_batches_over_the_configured_size_are_413(bw: BatchWorld, max_batch_3: T
     assert tenant_judgment_count(bw.api.tenant) == before
     resp = max_batch_3.post("/v1/batches", json={"items": items[:3]}, headers=headers)
     assert resp.status_code == 202 and resp.json()["total"] == 3
+
+
+def test_batch_page_shows_why_each_row_did_not_finish(bw: BatchWorld, stack: Stack) -> None:
+    """The viewer's batch page names the error code (or invalid reason) of each row that has one."""
+    good = _rows(bw, 1, seed=31, prefix="why")[0]
+    missing = {**good, "prompt": "why missing", "image_b": good["image_b"].replace(".png", "-gone.png")}
+    created = bw.api.ok("POST", "/v1/batches", expect=202, json={"name": "why", "items": [good, missing]})
+    batch = wait_batch(bw.api, created["id"], timeout=90)
+    assert batch["counts"] == {"done": 1, "rejected": 1}, batch
+    [rejected] = [
+        r for r in bw.api.ok("GET", "/v1/judgments", params={"batch_id": created["id"]}) if r["error_code"]
+    ]
+    page = bw.api.client.get(f"/ui/batches/{created['id']}", cookies={"pigreward_key": bw.api.key})
+    assert page.status_code == 200
+    assert f"<code>{rejected['error_code']}</code>" in page.text and "<th>Why</th>" in page.text

@@ -80,6 +80,9 @@ def test_judgment_page_shows_both_images_and_the_dimension_table(server, judged,
     )
     assert len(rows) >= 3 and any("Warm" in name for name, _, _ in rows)
     assert "winner: A" in table
+    # the page says which image the model saw as "Image 1" (the name its reasons use)
+    assert "shown to the model as Image 1" in dom and "shown to the model as Image 2" in dom
+    assert 'where Image A was "Image 1"' in dom and "none (no model)" in dom  # lite: no decoding
     shot = tmp_path / "judgment.png"
     chromium("--window-size=1200,1500", f"--screenshot={shot}", url, profile=tmp_path / "p2")
     assert shot.is_file() and shot.stat().st_size > 20_000
