@@ -123,9 +123,13 @@ def serve(
 def api_server(host: str, port: int, workers: int) -> None:
     """Run the REST submit API (OpenAPI docs at /docs)."""
     settings = get_settings()
+    if settings.embedded_broker:  # judgments would wait forever: no worker can reach a memory:// broker
+        raise click.UsageError(
+            "the API needs a broker its workers share: set PIGREWARD_BROKER_URL=redis://HOST:6379/0 "
+            "and start `pigreward worker` (the embedded memory:// default reaches no other process; "
+            "in one process use `pigreward judge` or tasks.judge.delay)"
+        )
     upgrade(settings.resolved_database_url)
-    if settings.embedded_broker:
-        click.echo("warning: memory:// broker: jobs submitted here need a worker in this process", err=True)
     uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
 
 

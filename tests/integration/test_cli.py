@@ -350,3 +350,12 @@ def test_db_current_history_and_downgrade(tmp_path: Path) -> None:
     refused = run_cli(tmp_path, "db", "downgrade", "base", check=False, stdin="n\n")
     assert refused.returncode != 0 and "Aborted" in refused.stderr
     assert "at revision 0005" in run_cli(tmp_path, "db", "current").stdout  # nothing was dropped
+
+
+def test_api_refuses_the_embedded_broker_in_one_line(tmp_path: Path) -> None:
+    """On the embedded default a submitted judgment would wait forever (no worker can reach memory://):
+    the API says which settings it needs instead of starting."""
+    refused = run_cli(tmp_path, "api", "--port", "1", check=False)
+    assert refused.returncode == 2
+    assert "PIGREWARD_BROKER_URL=redis://" in refused.stderr and "pigreward worker" in refused.stderr
+    assert "Traceback" not in refused.stderr
