@@ -74,3 +74,38 @@ class CeleryBroker:
     def send(self, queue: str, judgment_ids: Sequence[int]) -> None:
         chunk = BULK_CHUNK if queue == "bulk" else 1
         send_judgments(judgment_ids, chunk_size=chunk, queue=queue)
+
+
+def consumers_by_queue(app: Celery, timeout_s: float = 1.0) -> dict[str, list[str]]:
+    """Which workers consume which queue, as the workers answer a broadcast (Redis and RabbitMQ alike)."""
+    replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    found: dict[str, list[str]] = {}
+    for worker, queues in replies.items():
+        for queue in queues or []:
+            found.setdefault(str(queue.get("name")), []).append(worker)
+    return found
+
+
+def waiting_without_consumer(app: Celery, queues: Sequence[str], timeout_s: float = 1.0) -> dict[str, int]:
+    """Queues holding messages that no worker consumes, with their depth: work that would wait forever.
+
+    Cheap when nothing waits (one passive declaration per queue); asks the workers only otherwise.
+    """
+    broker = CeleryBroker(app)
+    depths = {q: broker.depth(q) for q in queues}
+    waiting = {q: n for q, n in depths.items() if n}
+    if not waiting:
+        return {}
+    consumed = consumers_by_queue(app, timeout_s)
+    return {q: n for q, n in waiting.items() if not consumed.get(q)}
+
+
+def no_consumer_hint(waiting: dict[str, int]) -> str | None:
+    """One line saying what to start, or None when nothing waits without a consumer."""
+    if not waiting:
+        return None
+    which = ", ".join(f"'{q}' ({n} waiting)" for q, n in sorted(waiting.items()))
+    only = ",".join(sorted(waiting))
+    return (
+        f"no worker consumes {which}: start `pigreward worker` (every queue) or `pigreward worker -Q {only}`"
+    )

@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 
 from api.deps import StateDep
 from tasks import app as celery_app
+from tasks.app import QUEUES
+from tasks.broker import no_consumer_hint, waiting_without_consumer
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +22,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(state: StateDep) -> JSONResponse:
-    """The database and the broker are reachable (503 with the failing part otherwise)."""
+    """The database and the broker are reachable (503 with the failing part otherwise); queues whose
+    messages no worker consumes are named (`waiting_without_consumer`, a `warning` line)."""
     checks: dict[str, str] = {}
     try:
         with state.db.connect() as conn:
@@ -35,6 +38,13 @@ def readyz(state: StateDep) -> JSONResponse:
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "not ready", **checks}
+    if checks["broker"] == "ok":  # work that would wait forever: messages no worker consumes
+        try:
+            waiting = waiting_without_consumer(celery_app, QUEUES)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            waiting, body["queues"] = {}, f"unknown: {type(exc).__name__}"
+        if waiting:
+            body["waiting_without_consumer"] = waiting
+            body["warning"] = no_consumer_hint(waiting)
+    return JSONResponse(body, status_code=200 if ready else 503)

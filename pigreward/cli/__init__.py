@@ -20,6 +20,7 @@ COMMANDS = {
     "flower": "pigreward.cli.services:flower",
     "check": "pigreward.cli.services:check",
     "reconcile": "pigreward.cli.services:reconcile",
+    "status": "pigreward.cli.services:status",
     "parse": "pigreward.cli.protocols:parse",
     "judge": "pigreward.cli.judging:judge",
     "refs": "pigreward.cli.users:refs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -55,3 +56,14 @@ def redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+def queue_hint(queues: Sequence[str]) -> Callable[[], str | None] | None:
+    """What a long wait prints when its queue has messages but no worker (None on the embedded broker,
+    where this process runs the worker itself)."""
+    if get_settings().embedded_broker:
+        return None
+    from tasks import app
+    from tasks.broker import no_consumer_hint, waiting_without_consumer
+
+    return lambda: no_consumer_hint(waiting_without_consumer(app, queues))

@@ -10,7 +10,7 @@ import click
 from core.enums import RunStatus
 from models.db import session_scope
 from models.optimization import candidates_of, export_pairs, get_run
-from pigreward.cli.common import BACKEND_CHOICES, migrated_db
+from pigreward.cli.common import BACKEND_CHOICES, migrated_db, queue_hint
 from pigreward.progress import bar, wait_for_run
 from tasks.embedded import worker_if_embedded
 from tasks.runtime import get_db
@@ -42,7 +42,9 @@ def optimize_run(
             user=user, prompt=prompt, rounds=rounds, k=k, backend=backend, eval_seeds=eval_seeds
         )
         with bar(rounds, f"optimization {run_id}", not no_progress, unit="round") as pbar:
-            run = wait_for_run(db, run_id, on_round=lambda done: pbar.update(done - pbar.n))
+            run = wait_for_run(
+                db, run_id, on_round=lambda done: pbar.update(done - pbar.n), stalled=queue_hint(["optimize"])
+            )
     if run.status == RunStatus.failed:
         raise click.ClickException(f"optimization {run_id} failed: {run.error}")
     rate = (

@@ -9,6 +9,7 @@ import click
 from core.settings import get_settings
 from models.db import session_scope
 from models.rescoring import flag_judgment
+from pigreward.cli.common import queue_hint
 from pigreward.progress import wait_for_judgments
 from tasks.embedded import worker_if_embedded
 from tasks.rescoring import nightly_key, send_to_bulk
@@ -35,7 +36,13 @@ def rescore(since: str | None, run_key: str | None, dry_run: bool, wait: bool, n
             dry_run=dry_run,
         )
         if report.requeued_ids and wait and (settings.embedded_broker or not dry_run):
-            wait_for_judgments(res.db, report.requeued_ids, desc="re-scoring", progress=not no_progress)
+            wait_for_judgments(
+                res.db,
+                report.requeued_ids,
+                desc="re-scoring",
+                progress=not no_progress,
+                stalled=queue_hint(["bulk"]),
+            )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.by_reason.items())) or "none"
     if dry_run:
         click.echo(f"dry run: {sum(report.by_reason.values())} stale of {report.scanned} scanned ({reasons})")

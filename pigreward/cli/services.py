@@ -233,3 +233,31 @@ def reconcile() -> None:
     click.echo(f"re-sent {report.total} judgments{f' ({reasons})' if reasons else ''}")
     if report.failed_past_horizon:
         click.echo(f"failed {report.failed_past_horizon} waiting judgments past the retry horizon")
+
+
+@click.command("status")
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for workers to answer.")
+def status(timeout: float) -> None:
+    """The queues: messages waiting, the workers consuming each, and any queue nobody consumes."""
+    from tasks.app import QUEUES
+    from tasks.broker import CeleryBroker, consumers_by_queue, no_consumer_hint
+
+    settings = get_settings()
+    if settings.embedded_broker:
+        raise click.UsageError(
+            "the broker is memory:// (embedded): there are no separate workers to report on; "
+            "set PIGREWARD_BROKER_URL=redis://HOST:6379/0"
+        )
+    try:
+        depths = {q: CeleryBroker(app).depth(q) for q in QUEUES}
+        consumers = consumers_by_queue(app, timeout)
+    except PigrewardError as exc:
+        raise click.ClickException(exc.message) from exc
+    workers = sorted({w for ws in consumers.values() for w in ws})
+    click.echo(f"workers: {len(workers)}{' (' + ', '.join(workers) + ')' if workers else ''}")
+    for queue in QUEUES:
+        who = consumers.get(queue) or []
+        click.echo(f"{queue:<9} {depths[queue]:>7} waiting  consumed by {len(who)} worker(s)")
+    hint = no_consumer_hint({q: n for q, n in depths.items() if n and not consumers.get(q)})
+    if hint:
+        click.echo(f"warning: {hint}")
