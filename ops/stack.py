@@ -416,15 +416,17 @@ def celery_worker(
 
 
 @contextmanager
-def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
-    """A real API process (`pigreward api`) on a free port, its output in `log`; yields its URL once
-    `/healthz` answers."""
+def cli_server(
+    args: list[str], env: dict[str, str], log: Path, health: str, what: str, timeout_s: float = 60
+) -> Iterator[str]:
+    """A `pigreward ARGS --port N` process on a free port, its output in `log`; yields its URL once
+    `health` answers 200, and stops it afterwards."""
     import httpx
 
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pigreward.cli", "api", "--port", str(port)],
+            [sys.executable, "-m", "pigreward.cli", *args, "--port", str(port)],
             cwd=REPO,
             env={**os.environ, **env},
             stdout=out,
@@ -432,8 +434,23 @@ def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "pigreward api")
+            wait_until(lambda: httpx.get(f"{url}{health}").status_code == 200, timeout_s, what)
             yield url
         finally:
             proc.terminate()
-            proc.wait(20)
+            proc.wait(30)
+
+
+@contextmanager
+def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
+    """A real API process (`pigreward api`) on a free port; yields its URL once `/healthz` answers."""
+    with cli_server(["api"], env, log, "/healthz", "pigreward api") as url:
+        yield url
+
+
+@contextmanager
+def model_server(model_dir: Path, log: Path, *extra: str) -> Iterator[str]:
+    """`pigreward serve` on a checkpoint (offline), on a free port; yields its URL once loaded."""
+    args = ["serve", "--judge", str(model_dir), *extra]
+    with cli_server(args, {"HF_HUB_OFFLINE": "1"}, log, "/health", "pigreward serve", 120) as url:
+        yield url

@@ -6,7 +6,6 @@ Random weights write random text, so a `pigreward-v1` judgment is stored as inva
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 
 from models.db import session_scope
 from models.judgments import dimensions_of, get_judgment
-from ops.stack import REPO, celery_worker, free_port, wait_until
+from ops.stack import REPO, celery_worker, model_server
 from tasks import judge
 from tasks.runtime import get_db
 from tests.integration.helpers import image, user_who_likes_warm
@@ -32,26 +31,11 @@ def served(request, stack, tmp_path_factory):  # type: ignore[no-untyped-def]
     """`pigreward serve` running a tiny model, and a worker whose sglang backend points at it."""
     tmp = tmp_path_factory.mktemp(request.param)
     model_dir = build_tiny_vlm(tmp / "model", request.param)
-    port = free_port()
-    log = (tmp / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pigreward.cli", "serve", "--judge", str(model_dir), "--port", str(port)],
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, 120, "pigreward serve")
+    with model_server(model_dir, tmp / "server.log") as url:
         env = {**stack.env, "PIGREWARD_SGLANG_URL": url, **WORKER_ENV}
         with celery_worker(env, QUEUE, tmp / "worker.log", concurrency=4):
             user_who_likes_warm(stack, f"tiny-{request.param}")
             yield request.param, url, str(model_dir)
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 def _judge(user: str, prompt: str, options: dict) -> dict:  # type: ignore[type-arg]

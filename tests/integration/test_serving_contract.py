@@ -16,15 +16,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from core.enums import Outcome
 from core.errors import BackendRejected
-from ops.stack import REPO, free_port, wait_until
+from ops.stack import REPO, model_server
 from tests.support.tiny_vlm import build_tiny_vlm
 from workers.backends.lvlm import LVLMBackend
 from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
@@ -53,36 +51,6 @@ TEXT_ONLY_TEMPLATE = """\
 """
 
 
-@contextmanager
-def _serve(model_dir: Path, log: Path, *extra: str) -> Iterator[str]:
-    port = free_port()
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pigreward.cli",
-                "serve",
-                "--judge",
-                str(model_dir),
-                "--port",
-                str(port),
-                *extra,
-            ],
-            cwd=REPO,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, 120, "pigreward serve")
-            yield url
-        finally:
-            server.terminate()
-            server.wait(30)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "model", "qwen2_vl")
@@ -91,7 +59,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with _serve(model_dir, log, "--context-length", "4096", "--enable-cache-report") as url:
+    with model_server(model_dir, log, "--context-length", "4096", "--enable-cache-report") as url:
         yield url
 
 
@@ -260,7 +228,7 @@ def test_check_sends_a_real_judgment_and_reports_it(server: str, model_dir: Path
 def test_check_fails_naming_a_template_that_refuses_images(model_dir: Path, tmp_path: Path) -> None:
     template = tmp_path / "text_only.jinja"
     template.write_text(TEXT_ONLY_TEMPLATE, encoding="utf-8")
-    with _serve(model_dir, tmp_path / "server.log", "--chat-template", str(template)) as url:
+    with model_server(model_dir, tmp_path / "server.log", "--chat-template", str(template)) as url:
         done = _check(url, model_dir, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL reasoner: the server's chat template" in done.stdout

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from bench import hf_throughput  # noqa: E402  (after the skips: needs torch and transformers)
+from bench import hf_throughput
 
 
 @pytest.mark.slow
