@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import BackendRejected
-from workers.generation import ChatMessage, GenerationRequest, ImagePart, Sampling, TextPart
+from workers.generation import (
+    ChatMessage,
+    GenerationRequest,
+    ImagePart,
+    Sampling,
+    TextPart,
+    template_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +82,11 @@ class TokenizerCounter:
         self._lock = threading.Lock()  # tokenizers are not safe to share between threads mid-call
 
     def tokens(self, request: GenerationRequest) -> int:
-        messages, images = [], 0
-        for m in request.messages:
-            content: list[dict[str, Any]] = []
-            for part in m.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                elif isinstance(part, ImagePart):
-                    content.append({"type": "image"})
-                    images += self.vision.tokens(*part.image.image.size) - 1
-            messages.append({"role": m.role, "content": content})
+        messages, images = template_messages(request)
         with self._lock:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return len(ids) + images
+        return len(ids) + sum(self.vision.tokens(*image.size) - 1 for image in images)  # pads counted once
 
 
 class EstimateCounter:

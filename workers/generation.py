@@ -119,3 +119,19 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def template_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The chat as transformers' chat templates take it (one `{"type": "image"}` per image) and the
+    images (PIL), in order: what the `hf` engine renders and what token budgets count."""
+    messages, images = [], []
+    for m in request.messages:
+        content: list[dict[str, Any]] = []
+        for part in m.parts:
+            if isinstance(part, TextPart):
+                content.append({"type": "text", "text": part.text})
+            else:
+                content.append({"type": "image"})
+                images.append(part.image.image)
+        messages.append({"role": m.role, "content": content})
+    return messages, images

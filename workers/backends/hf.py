@@ -34,10 +34,9 @@ from workers.generation import (
     ChatMessage,
     Generation,
     GenerationRequest,
-    ImagePart,
     ModelIdentity,
     Sampling,
-    TextPart,
+    template_messages,
 )
 
 _SNAPSHOT_PARENT = "snapshots"
@@ -184,16 +183,7 @@ class _Model:
     # -- one batched generate ---------------------------------------------------------------
     def _chat(self, request: GenerationRequest) -> tuple[str, list[Any]]:
         """The rendered chat (one pad per image) and its images, in order."""
-        messages, images = [], []
-        for m in request.messages:
-            content: list[dict[str, Any]] = []
-            for part in m.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                elif isinstance(part, ImagePart):
-                    content.append({"type": "image"})
-                    images.append(part.image.image)
-            messages.append({"role": m.role, "content": content})
+        messages, images = template_messages(request)
         with self._tokenizer_lock:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, images
