@@ -154,9 +154,16 @@ class BatchPublic(BaseModel):
     finished: bool
     cancelled: bool
     created_at: datetime
+    warning: str | None = Field(
+        None,
+        description="Set while the batch is unfinished a few seconds after submission and its queue "
+        "holds messages no worker consumes: names the queue and what to start.",
+    )
 
     @classmethod
-    def of(cls, batch: Batch, counts: dict[str, int], finished: bool) -> BatchPublic:
+    def of(
+        cls, batch: Batch, counts: dict[str, int], finished: bool, warning: str | None = None
+    ) -> BatchPublic:
         assert batch.id is not None
         return cls(
             id=batch.id,
@@ -166,6 +173,7 @@ class BatchPublic(BaseModel):
             finished=finished,
             cancelled=batch.cancelled_at is not None,
             created_at=batch.created_at,
+            warning=warning,
         )
 
 

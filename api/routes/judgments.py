@@ -22,6 +22,7 @@ from api.schemas import (
     JudgmentCreate,
     JudgmentPublic,
 )
+from api.waiting import batch_warning
 from core.enums import JudgmentStatus
 from core.requests import ExternalId, Name
 from core.settings import get_settings
@@ -70,7 +71,9 @@ def check_images(tenant: Tenant, items: list[JudgmentCreate]) -> None:
 def batch_public(session: Session, batch: Batch) -> BatchPublic:
     assert batch.id is not None
     counts = batch_counts(session=session, batch_id=batch.id)
-    return BatchPublic.of(batch, counts, is_finished(counts))
+    finished = is_finished(counts)
+    warning = batch_warning(created_at=batch.created_at, finished=finished or batch.cancelled_at is not None)
+    return BatchPublic.of(batch, counts, finished, warning)
 
 
 @router.post("/judgments", status_code=status.HTTP_202_ACCEPTED, responses=FORBIDDEN)

@@ -8,7 +8,8 @@ import sys
 import click
 import uvicorn
 
-from core.errors import PigrewardError
+from core.errors import ConfigurationError, PigrewardError
+from core.extras import require
 from core.settings import get_settings
 from models.db import upgrade
 from ops.flower import run_flower
@@ -17,6 +18,7 @@ from ops.openai_server import serve as run_model_server
 from pigreward.cli.common import BACKEND_CHOICES
 from tasks import app
 from tasks.config import backend_config
+from tasks.embedded import embedded_worker
 from workers.backends import create_backend
 from workers.backends.lvlm import LVLMBackend
 from workers.backends.openai_http import OpenAIHTTPEngine
@@ -105,6 +107,10 @@ def serve(
     chat_template: str | None,
 ) -> None:
     """Serve checkpoints over an OpenAI-compatible API (a local stand-in for SGLang)."""
+    try:
+        require("pigreward serve", "torch", "transformers")
+    except ConfigurationError as exc:
+        raise click.ClickException(exc.message) from None
     click.echo(f"serving {judge}{' and ' + reasoner if reasoner else ''} on http://{host}:{port}", err=True)
     options = ServerOptions(
         context_length=context_length,
@@ -121,16 +127,29 @@ def serve(
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
 def api_server(host: str, port: int, workers: int) -> None:
-    """Run the REST submit API (OpenAPI docs at /docs)."""
+    """Run the REST submit API (OpenAPI docs at /docs).
+
+    On the embedded default (memory:// broker) no other process can reach the queue, so the API runs
+    an in-process worker for every queue, as the demo does; with a real broker the deployment's
+    `pigreward worker` processes do the work.
+    """
     settings = get_settings()
-    if settings.embedded_broker:  # judgments would wait forever: no worker can reach a memory:// broker
-        raise click.UsageError(
-            "the API needs a broker its workers share: set PIGREWARD_BROKER_URL=redis://HOST:6379/0 "
-            "and start `pigreward worker` (the embedded memory:// default reaches no other process; "
-            "in one process use `pigreward judge` or tasks.judge.delay)"
-        )
     upgrade(settings.resolved_database_url)
-    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
+    if not settings.embedded_broker:
+        uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
+        return
+    if workers != 1:  # each uvicorn process would hold its own memory:// queue and worker
+        raise click.UsageError(
+            "--workers > 1 needs a broker the processes share: set PIGREWARD_BROKER_URL=redis://HOST:6379/0 "
+            "and start `pigreward worker` (the embedded memory:// default lives inside one process)"
+        )
+    click.echo(
+        "embedded default: judgments run in this process (memory:// broker, one in-process worker for "
+        "every queue); set PIGREWARD_BROKER_URL and start `pigreward worker` to scale out",
+        err=True,
+    )
+    with embedded_worker(app):
+        uvicorn.run("api.main:app", host=host, port=port, workers=1, log_level="info")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

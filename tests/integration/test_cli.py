@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ops.stack import REPO
+from ops.stack import REPO, free_port, wait_until
 
 
 def run_cli(
@@ -352,10 +354,76 @@ def test_db_current_history_and_downgrade(tmp_path: Path) -> None:
     assert "at revision 0005" in run_cli(tmp_path, "db", "current").stdout  # nothing was dropped
 
 
-def test_api_refuses_the_embedded_broker_in_one_line(tmp_path: Path) -> None:
-    """On the embedded default a submitted judgment would wait forever (no worker can reach memory://):
-    the API says which settings it needs instead of starting."""
-    refused = run_cli(tmp_path, "api", "--port", "1", check=False)
+def _png(color: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_api_on_the_embedded_default_judges_in_process(tmp_path: Path) -> None:
+    """In a fresh folder, with no settings: `pigreward api` accepts a judgment over HTTP and an
+    in-process worker finishes it (the memory:// broker reaches no other process)."""
+    import httpx
+
+    run_cli(tmp_path, "db", "upgrade")
+    key = run_cli(tmp_path, "keys", "create", "--tenant", "t1").stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")}
+    env["PIGREWARD_DATA_DIR"] = str(tmp_path)
+    port = free_port()
+    log = tmp_path / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pigreward.cli", "api", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "pigreward api")
+            client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=20)
+            assert client.post("/v1/users", json={"external_id": "alice"}).status_code == 201
+            pairs = []
+            for i in range(3):
+                files = {
+                    "chosen": ("c.png", _png((220, 40 * i, 20)), "image/png"),
+                    "rejected": ("r.png", _png((20, 40 * i, 220)), "image/png"),
+                }
+                r = client.post("/v1/users/alice/references/upload", data={"prompt": f"p{i}"}, files=files)
+                assert r.status_code == 201, r.text
+                pairs.append(r.json())
+            body = {
+                "user": "alice",
+                "prompt": "a red barn",
+                "image_a": pairs[0]["chosen"],
+                "image_b": pairs[0]["rejected"],
+            }
+            submitted = client.post("/v1/judgments", json=body)
+            assert submitted.status_code == 202, submitted.text
+            jid = submitted.json()["id"]
+            final: dict[str, object] = {}
+
+            def finished() -> bool:
+                final.update(client.get(f"/v1/judgments/{jid}").json())
+                return final["status"] not in ("queued", "running", "waiting")
+
+            wait_until(finished, 60, "the judgment")
+            assert final["status"] == "done", final
+            assert final["winner"] in ("A", "B", "tie")
+            assert len(final["dimensions"]) >= 3  # type: ignore[arg-type]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+    text = log.read_text()
+    assert "in-process worker" in text and "Traceback" not in text
+
+
+def test_api_with_several_processes_on_the_embedded_broker_is_refused_in_one_line(tmp_path: Path) -> None:
+    """uvicorn processes would each hold their own memory:// queue: the API names the settings it needs."""
+    refused = run_cli(tmp_path, "api", "--port", "1", "--workers", "2", check=False)
     assert refused.returncode == 2
     assert "PIGREWARD_BROKER_URL=redis://" in refused.stderr and "pigreward worker" in refused.stderr
     assert "Traceback" not in refused.stderr

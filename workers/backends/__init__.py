@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UnknownBackend
+from core.extras import require
 from workers.backends.base import Backend
 from workers.backends.hf_config import HFEngineConfig
 from workers.backends.lite import LiteBackend
@@ -65,6 +66,7 @@ def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
 
         engine = OpenAIHTTPEngine(config.http)
     else:
+        require("the hf backend", "torch", "transformers")  # one clear line on a core-only install
         from workers.backends.hf import HFEngine
 
         engine = HFEngine(config.hf)

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from core.extras import require
 from workers.generation import GenerationRequest
 
 
@@ -18,6 +19,7 @@ class GrammarCompiler:
     """An xgrammar compiler for one tokenizer; compiled grammars are kept (compiling costs seconds)."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> None:
+        require("grammar-constrained decoding (PIGREWARD_GRAMMAR)", "xgrammar")
         import xgrammar as xgr
 
         info = xgr.TokenizerInfo.from_huggingface(
