@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": "pigreward.cli.services:serve",
     "api": "pigreward.cli.services:api_server",
     "flower": "pigreward.cli.services:flower",
+    "up": "pigreward.cli.up:up",
     "check": "pigreward.cli.services:check",
     "reconcile": "pigreward.cli.services:reconcile",
     "status": "pigreward.cli.services:status",
