@@ -1,6 +1,6 @@
 """Helpers for the REST API tests: keys, a keyed client, polling, users with a taste made through the API.
 
-Everything goes through the real stack of `conftest.stack` (Postgres, Redis, moto S3, a worker
+Everything goes through the real stack of `conftest.stack` (Postgres, Redis, SeaweedFS S3, a worker
 process); the API itself runs in the test process under FastAPI's TestClient.
 """
 

@@ -1,4 +1,7 @@
-"""The real stack for integration tests: Redis broker, Postgres, moto S3, a separate worker process."""
+"""The real stack for integration tests: Redis broker, Postgres, SeaweedFS S3, a separate worker process.
+
+The S3 server is the session's SeaweedFS (`seaweed_endpoint`, tests/conftest.py), shared with the unit tests.
+"""
 
 from __future__ import annotations
 
@@ -38,20 +41,19 @@ def png_bytes(image) -> bytes:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, seaweed_endpoint: str) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     image_root = tmp / "images"
     image_root.mkdir()
     with (
         services.redis_server(tmp) as redis_url,
         services.postgres_database() as database_url,
-        services.moto_s3() as s3_endpoint,
     ):
         env = {
             **services.stack_env(
                 redis_url=redis_url,
                 database_url=database_url,
-                s3_endpoint=s3_endpoint,
+                s3_endpoint=seaweed_endpoint,
                 image_root=image_root,
                 data_dir=tmp / "data",
             ),
@@ -63,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "PIGREWARD_RETRY_BACKOFF_MAX_S": "2",
         }
         with services.configured(env):
-            st = Stack(env, database_url, redis_url, s3_endpoint, image_root, tmp / "worker.log")
+            st = Stack(env, database_url, redis_url, seaweed_endpoint, image_root, tmp / "worker.log")
             st.s3().create_bucket(Bucket=BUCKET)
             with services.celery_worker(env, "context,judge,bulk", st.worker_log):
                 yield st

@@ -1,7 +1,7 @@
 """The REST API on the real stack: keys, tenants, validation, refused locations, users and their data.
 
 The API runs in the test process (FastAPI TestClient); the judgments it queues run in the stack's
-worker process (Redis broker, Postgres ledger, moto S3, the `lite` backend).
+worker process (Redis broker, Postgres ledger, SeaweedFS S3, the `lite` backend).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""tasks.judge.delay(...) end to end: Redis broker, Postgres ledger, moto S3, a separate worker process."""
+"""tasks.judge.delay(...) end to end: Redis broker, Postgres ledger, SeaweedFS S3, a separate worker process."""
 
 from __future__ import annotations
 

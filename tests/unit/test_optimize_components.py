@@ -7,13 +7,13 @@ import io
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ from core.errors import (
     PermanentError,
     TransientError,
 )
-from ops.stack import free_port, moto_s3
+from ops.stack import free_port
 from tests.support.fake_images import MODEL, fake_image_server
 from workers.backends.lite import LiteBackend
 from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
@@ -492,32 +492,36 @@ def test_store_put_files(tmp_path: Path, root: Path) -> None:
     assert not (root / "big.png").exists()
 
 
-def test_store_put_s3_against_moto(root: Path) -> None:
-    with moto_s3() as endpoint:
-        creds = dict(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
-        boto3.client("s3", endpoint_url=endpoint, **creds).create_bucket(Bucket="gen")
-        config = StoreConfig(
-            image_root=root,
-            s3_endpoint_url=endpoint,
-            s3_access_key_id="test",
-            s3_secret_access_key="test",
-            allowed_buckets=("gen", "missing"),
-        )
-        store = ImageStore(config)
-        assert store.put("s3://gen/run/1.png", b"png-bytes") == "s3://gen/run/1.png"
-        assert store.read("s3://gen/run/1.png") == b"png-bytes"
-        uri = ProceduralGenerator(store, size=32).generate(f"{BASE}, {WARM}", 1, "s3://gen/run/2.png")
-        assert store.read(uri) == render_png(f"{BASE}, {WARM}", 1, 32)
-        with pytest.raises(ForbiddenLocation):
-            store.put("s3://other/x.png", b"x")  # not in the allow-list
-        with pytest.raises(ForbiddenLocation):
-            store.put("s3://missing/x.png", b"x")  # allowed but does not exist
-        with pytest.raises(ForbiddenLocation):
-            store.put("s3://gen", b"x")  # no key
-        with pytest.raises(ImageNotReady):
-            ExternalGenerator(store).generate(BASE, 0, "s3://gen/run/3.png")
-        store.put("s3://gen/run/3.png", render_png(BASE, 0, 32))
-        assert ExternalGenerator(store).generate(BASE, 0, "s3://gen/run/3.png") == "s3://gen/run/3.png"
+def test_store_put_s3_against_seaweedfs(root: Path, seaweed_endpoint: str, new_bucket: Any) -> None:
+    gen, missing = new_bucket("gen"), f"missing-{uuid.uuid4().hex[:8]}"  # `missing` is never created
+    config = StoreConfig(
+        image_root=root,
+        s3_endpoint_url=seaweed_endpoint,
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+        allowed_buckets=(gen, missing),
+    )
+    store = ImageStore(config)
+    assert store.put(f"s3://{gen}/run/1.png", b"png-bytes") == f"s3://{gen}/run/1.png"
+    assert store.read(f"s3://{gen}/run/1.png") == b"png-bytes"
+    assert store.put(f"s3://{gen}/run/1.png", b"png-bytes-2") == f"s3://{gen}/run/1.png"  # overwrites
+    assert store.read(f"s3://{gen}/run/1.png") == b"png-bytes-2"
+    uri = ProceduralGenerator(store, size=32).generate(f"{BASE}, {WARM}", 1, f"s3://{gen}/run/2.png")
+    assert store.read(uri) == render_png(f"{BASE}, {WARM}", 1, 32)
+    with pytest.raises(ForbiddenLocation):
+        store.put(f"s3://other-{gen}/x.png", b"x")  # not in the allow-list
+    with pytest.raises(ForbiddenLocation):
+        store.put(f"s3://{missing}/x.png", b"x")  # allowed but does not exist
+    with pytest.raises(ForbiddenLocation):
+        store.put(f"s3://{gen}", b"x")  # no key
+    with pytest.raises(ImageTooLarge):
+        store.put(f"s3://{gen}/run/big.png", b"x" * (config.max_bytes + 1))
+    with pytest.raises(ImageNotReady):
+        ExternalGenerator(store).generate(BASE, 0, f"s3://{gen}/run/3.png")
+    store.put(f"s3://{gen}/run/3.png", render_png(BASE, 0, 32))
+    assert ExternalGenerator(store).generate(BASE, 0, f"s3://{gen}/run/3.png") == f"s3://{gen}/run/3.png"
+    listed = store.s3.list_objects_v2(Bucket=gen, Prefix="run/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == ["run/1.png", "run/2.png", "run/3.png"]  # nothing else
 
 
 def test_b64_payload_of_fake_server_is_an_image() -> None:

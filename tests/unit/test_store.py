@@ -1,14 +1,14 @@
-"""ImageStore: files confined to the root, S3 through boto3 (moto), refusals and limits."""
+"""ImageStore: files confined to the root, S3 through boto3 (a real SeaweedFS), refusals and limits."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from moto import mock_aws
 
 from core.errors import (
     ForbiddenLocation,
@@ -18,6 +18,7 @@ from core.errors import (
     StoreUnavailable,
     TransientError,
 )
+from ops.stack import free_port, s3_client
 from workers.store import ImageStore, StoreConfig, split_s3
 
 PAYLOAD = b"\x89PNG-not-really-but-bytes" * 4
@@ -282,59 +283,94 @@ def test_split_s3() -> None:
             split_s3(bad)
 
 
+@dataclass
+class S3:
+    """The session's SeaweedFS, with two fresh buckets: `imgs` (dir/a.png, big.png, empty.png) and
+    `other` (a.png)."""
+
+    endpoint: str
+    client: Any
+    imgs: str
+    other: str
+
+
 @pytest.fixture()
-def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3(seaweed_endpoint: str, seaweed: Any, new_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> S3:
     for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="imgs")
-        client.create_bucket(Bucket="other")
-        client.put_object(Bucket="imgs", Key="dir/a.png", Body=PAYLOAD)
-        client.put_object(Bucket="imgs", Key="big.png", Body=b"x" * 2048)
-        client.put_object(Bucket="other", Key="a.png", Body=b"other")
-        yield client
+    imgs, other = new_bucket("imgs"), new_bucket("other")
+    seaweed.put_object(Bucket=imgs, Key="dir/a.png", Body=PAYLOAD)
+    seaweed.put_object(Bucket=imgs, Key="big.png", Body=b"x" * 2048)
+    seaweed.put_object(Bucket=other, Key="a.png", Body=b"other")
+    # A zero-byte PUT through a client leaves its pooled connection broken for the next PUT (the
+    # server answers 200 without `100 Continue`; botocore then misreads the next response and
+    # waits out its read timeout: boto/botocore#3755), so a throwaway client writes it.
+    s3_client(seaweed_endpoint).put_object(Bucket=imgs, Key="empty.png", Body=b"")
+    return S3(seaweed_endpoint, seaweed, imgs, other)
 
 
-def test_s3_read_with_own_client(aws: Any, tmp_path: Path) -> None:
+def test_s3_read_with_own_client(s3: S3, tmp_path: Path) -> None:
     s = ImageStore(
         StoreConfig(
-            image_root=tmp_path, max_bytes=1024, s3_access_key_id="testing", s3_secret_access_key="testing"
+            image_root=tmp_path,
+            max_bytes=1024,
+            s3_endpoint_url=s3.endpoint,
+            s3_access_key_id="testing",
+            s3_secret_access_key="testing",
         )
     )
-    assert s.read("s3://imgs/dir/a.png") == PAYLOAD
+    assert s.read(f"s3://{s3.imgs}/dir/a.png") == PAYLOAD
     assert s.s3 is s.s3  # one client per store
+    assert s.s3.meta.endpoint_url == s3.endpoint
 
 
-def test_s3_read_with_injected_client(aws: Any, tmp_path: Path) -> None:
-    s = ImageStore(StoreConfig(image_root=tmp_path, max_bytes=1024), s3_client=aws)
-    assert s.read("s3://imgs/dir/a.png") == PAYLOAD
-    assert s.read("s3://other/a.png") == b"other"
+def test_s3_read_with_injected_client(s3: S3, tmp_path: Path) -> None:
+    s = ImageStore(StoreConfig(image_root=tmp_path, max_bytes=1024), s3_client=s3.client)
+    assert s.read(f"s3://{s3.imgs}/dir/a.png") == PAYLOAD
+    assert s.read(f"s3://{s3.other}/a.png") == b"other"
 
 
-def test_s3_missing_key_and_bucket_are_not_found(aws: Any, tmp_path: Path) -> None:
-    s = ImageStore(StoreConfig(image_root=tmp_path), s3_client=aws)
-    with pytest.raises(ImageNotFound):
-        s.read("s3://imgs/dir/missing.png")
-    with pytest.raises(ImageNotFound):
-        s.read("s3://no-such-bucket/a.png")
+def test_s3_missing_key_and_bucket_are_not_found(s3: S3, tmp_path: Path) -> None:
+    s = ImageStore(StoreConfig(image_root=tmp_path), s3_client=s3.client)
+    with pytest.raises(ImageNotFound, match="NoSuchKey"):
+        s.read(f"s3://{s3.imgs}/dir/missing.png")
+    with pytest.raises(ImageNotFound, match="NoSuchKey"):
+        s.read(f"s3://{s3.imgs}/dir")  # a "folder" of keys is not an object
+    with pytest.raises(ImageNotFound, match="NoSuchKey"):
+        s.read(f"s3://{s3.other}/dir/a.png")  # a key of another bucket
+    with pytest.raises(ImageNotFound, match="NoSuchBucket"):
+        s.read(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/a.png")
 
 
-def test_s3_object_over_limit(aws: Any, tmp_path: Path) -> None:
-    s = ImageStore(StoreConfig(image_root=tmp_path, max_bytes=1024), s3_client=aws)
-    with pytest.raises(ImageTooLarge):
-        s.read("s3://imgs/big.png")
-    exact = ImageStore(StoreConfig(image_root=tmp_path, max_bytes=2048), s3_client=aws)
-    assert exact.read("s3://imgs/big.png") == b"x" * 2048
+def test_s3_object_over_limit(s3: S3, tmp_path: Path) -> None:
+    s = ImageStore(StoreConfig(image_root=tmp_path, max_bytes=1024), s3_client=s3.client)
+    with pytest.raises(ImageTooLarge, match="2048 bytes"):  # refused on the declared Content-Length
+        s.read(f"s3://{s3.imgs}/big.png")
+    exact = ImageStore(StoreConfig(image_root=tmp_path, max_bytes=2048), s3_client=s3.client)
+    assert exact.read(f"s3://{s3.imgs}/big.png") == b"x" * 2048
 
 
-def test_s3_allowed_buckets(aws: Any, tmp_path: Path) -> None:
-    s = ImageStore(StoreConfig(image_root=tmp_path, allowed_buckets=("imgs",)), s3_client=aws)
-    assert s.read("s3://imgs/dir/a.png") == PAYLOAD
-    with pytest.raises(ForbiddenLocation, match="other"):
-        s.read("s3://other/a.png")
+def test_s3_empty_object_reads_as_empty_bytes(s3: S3, tmp_path: Path) -> None:
+    s = ImageStore(StoreConfig(image_root=tmp_path), s3_client=s3.client)
+    assert s.read(f"s3://{s3.imgs}/empty.png") == b""
+
+
+def test_s3_allowed_buckets(s3: S3, tmp_path: Path) -> None:
+    s = ImageStore(StoreConfig(image_root=tmp_path, allowed_buckets=(s3.imgs,)), s3_client=s3.client)
+    assert s.read(f"s3://{s3.imgs}/dir/a.png") == PAYLOAD
+    with pytest.raises(ForbiddenLocation, match=s3.other):
+        s.read(f"s3://{s3.other}/a.png")
+
+
+def test_s3_server_not_listening_is_transient(tmp_path: Path) -> None:
+    config = StoreConfig(
+        image_root=tmp_path,
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+    )
+    with pytest.raises(StoreUnavailable, match="S3 unreachable"):
+        ImageStore(config).read("s3://imgs/dir/a.png")
 
 
 def test_s3_malformed_uri(tmp_path: Path) -> None:
