@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     image_root: Path | None = Field(
         None, description="Root that file:// image URIs are confined to. Default: data_dir/images."
     )
-    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto...); None = AWS.")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (SeaweedFS, MinIO, ...); None = AWS.")
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None

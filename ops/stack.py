@@ -218,20 +218,6 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@contextmanager
-def moto_s3() -> Iterator[str]:
-    """moto's S3 server (real HTTP, S3 protocol) on a free port; yields the endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 def _start_weed(weed: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     s3_port = free_port()
     # every port explicit: weed's defaults (grpc = http + 10000, iceberg 8181) collide or overflow
@@ -326,7 +312,7 @@ def seaweed_s3(tmp: Path) -> Iterator[str]:
 
 
 def s3_client(endpoint: str) -> Any:
-    """A boto3 S3 client for a private S3 server (SeaweedFS or moto: any credentials are accepted)."""
+    """A boto3 S3 client for a private S3 server (SeaweedFS with no identities: any credentials are accepted)."""
     import boto3
 
     return boto3.client(
@@ -341,7 +327,7 @@ def s3_client(endpoint: str) -> Any:
 def stack_env(
     *, redis_url: str, database_url: str, s3_endpoint: str, image_root: Path, data_dir: Path
 ) -> dict[str, str]:
-    """The PIGREWARD_* settings that point the project at a private Redis, Postgres and moto S3."""
+    """The PIGREWARD_* settings that point the project at a private Redis, Postgres and S3 server."""
     return {
         "PIGREWARD_BROKER_URL": f"{redis_url}/0",
         "PIGREWARD_RESULT_BACKEND": f"{redis_url}/1",

@@ -2,7 +2,7 @@
 # Install the project with its test extras, make sure the services the tests need are up, then run, in
 # this order: ruff (lint and format check), mypy (strict), pytest. Arguments go to pytest
 # (`bash ops/test.sh -m "not slow"` is the quick subset).
-# The tests start their own private Redis and moto S3 servers; Postgres is the local server (or the
+# The tests start their own private Redis and SeaweedFS S3 servers; Postgres is the local server (or the
 # admin URL in PIGREWARD_TEST_POSTGRES), on which each run creates and drops its own database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
