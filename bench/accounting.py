@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +55,8 @@ def cpu_seconds(pid: int) -> float:
     return _clock_ticks(int(fields[11]) + int(fields[12]))
 
 
-def redis_pids(url: str) -> list[int]:
-    """The redis-server process serving `url` (found by its port on the command line)."""
-    port = url.rsplit(":", 1)[1].split("/")[0]
+def _pids_by_cmdline(match: Callable[[list[bytes]], bool]) -> list[int]:
+    """Processes whose command line (argv, split) satisfies `match`, from /proc."""
     out = []
     for entry in _proc_entries():
         if entry.name.isdigit():
@@ -65,9 +64,27 @@ def redis_pids(url: str) -> list[int]:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if cmd and b"redis-server" in cmd[0] and port.encode() in b" ".join(cmd):
+            if cmd and cmd[0] and match(cmd):
                 out.append(int(entry.name))
     return out
+
+
+def _port(url: str) -> bytes:
+    return url.rsplit(":", 1)[1].split("/")[0].encode()
+
+
+def redis_pids(url: str) -> list[int]:
+    """The redis-server process serving `url` (found by its port on the command line)."""
+    port = _port(url)
+    return _pids_by_cmdline(lambda cmd: b"redis-server" in cmd[0] and port in b" ".join(cmd))
+
+
+def s3_server_pids(url: str) -> list[int]:
+    """The SeaweedFS process (`weed server ... -s3.port=P`) serving the S3 endpoint `url`, and its
+    children: found by the gateway port on its command line (`ops.stack.seaweed_s3` yields only the URL)."""
+    flag = b"-s3.port=" + _port(url)
+    found = _pids_by_cmdline(lambda cmd: Path(cmd[0].decode(errors="replace")).name == "weed" and flag in cmd)
+    return with_children(found)
 
 
 def cpu_calibration() -> float:

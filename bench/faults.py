@@ -293,7 +293,7 @@ def fault_stack(
             }
         )
         stack.enter_context(configured(env))
-        st = Stack(env, database_url, broker.url, s3_endpoint, 0, tmp)
+        st = Stack(env, database_url, broker.url, s3_endpoint, [], tmp)  # no CPU accounting here
         st.s3().create_bucket(Bucket=BUCKET)
         uris, _ = upload_images(st, images, "draw", size=128)
         names = create_users(uris, users)

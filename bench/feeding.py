@@ -2,7 +2,7 @@
 
 SGLang batches whatever is in flight, so what a worker must deliver is concurrency: with a server
 latency L and R requests in flight, the best a worker can do is R / L judgments/s (Little's law).
-This runs the real stack (private Redis, a fresh Postgres database, moto S3) and ONE worker process
+This runs the real stack (private Redis, a fresh Postgres database, SeaweedFS S3) and ONE worker process
 (`pigreward worker`, threads pool) with the `sglang` backend pointed at
 `bench.stub_lvlm.stub_lvlm_server(delay=L)`, an OpenAI-compatible server that answers every
 request after L seconds, with no limit on concurrency, and counts requests in flight.
@@ -153,7 +153,7 @@ class FeedRun:
     requests: int
     worker_cpu_s: float
     bench_cpu_s: float
-    services_cpu_s: float  # moto, redis, our Postgres backends
+    services_cpu_s: float  # S3 server, redis, our Postgres backends
     foreign_cpu_s: float  # everything else busy on the machine meanwhile (other users)
 
     @property
@@ -170,7 +170,7 @@ class _Cpu(NamedTuple):
 
     worker: float
     bench: float  # this process: the fake server and the polling
-    services: float  # moto, redis, our Postgres backends
+    services: float  # S3 server, redis, our Postgres backends
     foreign: float  # everything else busy on the machine meanwhile (other users)
 
 
@@ -180,7 +180,7 @@ class _CpuWatch:
     def __init__(self, stack: Stack, worker_pid: int) -> None:
         self.worker_pid = worker_pid
         self.worker0, self.bench0 = cpu_seconds(worker_pid), time.process_time()
-        self.services = [stack.moto_pid, *redis_pids(stack.redis_url)]
+        self.services = [*stack.s3_pids, *redis_pids(stack.redis_url)]
         self.services0 = sum(map(cpu_seconds, self.services))
         self.pg0, self.busy0 = postgres_backends(), machine_busy_seconds()
 
@@ -320,7 +320,8 @@ def _print_header(args: argparse.Namespace, calibration: float, total: int) -> N
     print(
         f"settings: {args.judgments} judgments, swap {'on' if args.swap else 'off'} ({per_judgment} request(s) "
         f"per judgment), one worker process (threads pool), "
-        f"{args.images} images ({total / args.images / 1024:.0f} KB PNG) from moto S3, {args.users} users "
+        f"{args.images} images ({total / args.images / 1024:.0f} KB PNG) from SeaweedFS S3, "
+        f"{args.users} users "
         "(contexts pre-built); Redis + Postgres"
     )
 
@@ -349,7 +350,7 @@ def _print_run(r: FeedRun, args: argparse.Namespace) -> None:
     print(
         f"  CPU: worker process {r.worker_cpu_s:.1f} s ({1e3 * r.worker_cpu_s / r.n:.1f} ms per judgment, "
         f"{r.worker_cpu_s / r.e2e_s:.2f} cores); this process (fake server + polling) {r.bench_cpu_s:.1f} s; "
-        f"moto+redis+postgres {r.services_cpu_s:.1f} s"
+        f"S3 server+redis+postgres {r.services_cpu_s:.1f} s"
     )
     foreign = r.foreign_cpu_s / r.e2e_s
     print(

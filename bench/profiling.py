@@ -1,8 +1,9 @@
-"""py-spy over the worker processes (and moto) during a run, summed into pipeline stages.
+"""py-spy over the worker processes during a run, summed into pipeline stages.
 
 A flat profile of a Celery worker is mostly library frames; what the benchmark needs is which stage
 of a judgment (S3 GET, decode, each ledger write, messaging) the Python CPU went to. Only the thread
-holding the GIL is sampled (`--gil`), so the split is of Python CPU, not of wall time.
+holding the GIL is sampled (`--gil`), so the split is of Python CPU, not of wall time. The S3 server
+(SeaweedFS, a Go binary) is not sampled: its CPU is reported apart by `bench.accounting`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _STAGES = (  # frame substring -> stage; the match nearest the leaf wins
-    ("_read_s3 (", "S3 GET (boto3 client)"),
+    ("DirectGets.get (", "S3 GET (direct)"),
+    ("_get_s3 (", "S3 GET (boto3 client)"),
     ("normalize (workers/imaging.py", "image decode+normalize"),
     ("load (workers/imaging.py", "image load (sha256, cache)"),
     ("do_ping (", "DB: pool pre-ping"),
     ("claim_judgment (", "DB: claim"),
+    ("chunk_contexts (", "DB: context lookup (per chunk)"),
     ("ensure_context (", "DB: context lookup"),
     ("_image_ids (", "DB: image rows"),
     ("finish_judgment (", "DB: verdict write"),
@@ -32,9 +35,6 @@ _STAGES = (  # frame substring -> stage; the match nearest the leaf wins
     ("record_judgments (", "DB: ledger insert (submit)"),
 )
 _LIBRARIES = (  # for stacks outside the stages above
-    ("moto/", "moto S3 server"),
-    ("werkzeug/", "moto S3 server"),
-    ("flask/", "moto S3 server"),
     ("psycopg", "DB: other"),
     ("sqlalchemy/", "DB: other"),
     ("kombu/", "Celery/kombu/redis messaging"),

@@ -1,14 +1,14 @@
-"""The private stack a throughput benchmark runs on: Redis, a fresh Postgres database, moto S3 in its
-own process, and worker processes in their own process groups.
+"""The private stack a throughput benchmark runs on: Redis, a fresh Postgres database, a SeaweedFS S3
+server, and worker processes in their own process groups.
 
-Built on the launchers of `ops.stack`. moto runs in a spawned process so that its CPU is neither
-charged to the benchmark process nor contends for its GIL; workers get a process group each so that
-stopping one also stops its prefork pool children (an orphaned worker retries a stopped broker forever).
+Built on the launchers of `ops.stack`. SeaweedFS (`weed server`, one Go process in its own process
+group) stands in for the S3 service, which is another host in production: its pid is found so that
+its CPU is reported apart from the workers'. Workers get a process group each so that stopping one
+also stops its prefork pool children (an orphaned worker retries a stopped broker forever).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -18,53 +18,22 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
+from bench.accounting import s3_server_pids
 from ops.stack import (
     REPO,
     configured,
-    moto_s3,
     postgres_database,
     redis_server,
     s3_client,
+    seaweed_s3,
     stack_env,
     wait_until,
 )
 
 BUCKET = "pigreward-bench"
-
-
-def _moto_child(conn: Connection) -> None:  # runs in a spawned process
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per GET otherwise
-
-    with moto_s3() as url:
-        conn.send(url)
-        conn.recv()  # until the parent says stop (or dies: EOFError)
-
-
-@contextmanager
-def moto_s3_process() -> Iterator[tuple[str, int]]:
-    """`ops.stack.moto_s3` in its own process; yields (endpoint URL, pid)."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_moto_child, args=(child,), daemon=True)
-    proc.start()
-    try:
-        if not parent.poll(60):
-            raise RuntimeError("moto S3 server did not start")
-        url: str = parent.recv()
-        assert proc.pid is not None  # started above
-        yield url, proc.pid
-    finally:
-        with suppress(OSError):
-            parent.send("stop")
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
 
 
 @dataclass
@@ -75,22 +44,25 @@ class Stack:
     database_url: str
     redis_url: str
     s3_endpoint: str
-    moto_pid: int
+    s3_pids: list[int]  # the SeaweedFS server's processes (CPU reported apart from the workers')
     tmp: Path
 
     def s3(self) -> Any:
-        """A boto3 S3 client for the stack's moto server."""
+        """A boto3 S3 client for the stack's SeaweedFS server."""
         return s3_client(self.s3_endpoint)
 
 
 @contextmanager
 def real_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Redis + a fresh Postgres database + moto S3 (own process), configured into this process."""
+    """Redis + a fresh Postgres database + SeaweedFS S3 (own process group), configured into this process."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pigreward-bench-")))
         redis_url = stack.enter_context(redis_server(tmp))
         database_url = stack.enter_context(postgres_database())
-        s3_endpoint, moto_pid = stack.enter_context(moto_s3_process())
+        s3_endpoint = stack.enter_context(seaweed_s3(tmp))
+        s3_pids = s3_server_pids(s3_endpoint)
+        if not s3_pids:
+            raise RuntimeError(f"no `weed` process serves {s3_endpoint}: its CPU could not be counted")
         (tmp / "images").mkdir()
         env = {
             **stack_env(
@@ -103,7 +75,7 @@ def real_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
             **(extra_env or {}),
         }
         stack.enter_context(configured(env))
-        st = Stack(env, database_url, redis_url, s3_endpoint, moto_pid, tmp)
+        st = Stack(env, database_url, redis_url, s3_endpoint, s3_pids, tmp)
         st.s3().create_bucket(Bucket=BUCKET)
         yield st
 
