@@ -1,4 +1,4 @@
-"""End-to-end judgments/s of the job queue itself: real Redis, Postgres, moto S3 and worker processes.
+"""End-to-end judgments/s of the job queue itself: real Redis, Postgres, SeaweedFS S3 and worker processes.
 
 Judgments use the `null` benchmark backend (a fixed verdict at once, no model), so what is measured is
 the orchestration every judgment pays whatever its model: the broker, the ledger (claim, context
@@ -15,11 +15,12 @@ reference the pipeline is compared with.
 
 `--store file` serves the same PNGs as file:// URIs (no S3 client or server work). Every image
 fits the worker's decoded-image cache (PIGREWARD_IMAGE_CACHE_MB, 1 GiB), so each is decoded once per
-process; by default every load still GETs the object from S3 (keys may be overwritten), and
-`--uri-ttl` sets PIGREWARD_IMAGE_URI_TTL_S, which trusts a URI read that recently.
+process; by default every load still asks S3 (keys may be overwritten: a GET conditional on the
+cached picture's ETag, answered 304 while the object is unchanged), and `--uri-ttl` sets
+PIGREWARD_IMAGE_URI_TTL_S, which trusts a URI read that recently without asking.
 
 Set-up per run: a private redis-server, a fresh database on the local Postgres (dropped afterwards),
-moto's S3 server in a child process (so its CPU is not charged to this process's GIL), N distinct
+a private SeaweedFS server (`weed server`, its own process) for S3, N distinct
 512x512 PNGs drawn with `workers.drawing.draw_image` (or smooth noise, `--image-kind noise`,
 ~460 KB each, the size of a real generated PNG), users with 5-15 reference pairs, contexts built
 through the queue before timing. Judgments go in as `submit_judgments(..., chunk_size=--chunk)`, i.e.
@@ -27,6 +28,10 @@ through the queue before timing. Judgments go in as `submit_judgments(..., chunk
 app plus the no-op task defined here, with the project's Celery settings), by default one worker
 with a prefork pool of 2 processes (one per core: the GIL makes threads no faster here) and
 PIGREWARD_CHUNK_CONCURRENCY 4 (`pigreward worker` defaults to threads and 32, sized for LVLM servers).
+
+CPU is read per process from /proc and reported per judgment: the workers' (the goal: <= 5 ms at
+shipped settings) apart from the S3 server's, Postgres's and Redis's, which are other hosts in
+production but share this machine's cores here.
 
 Figures go to stdout; progress to stderr. Figures are read from the ledger: end-to-end is the first
 submit to the last `finished_at`; stages come from the `timings` each judgment stores (context_s,
@@ -242,7 +247,7 @@ def run_judgments(
 
     watched = {
         "workers": list(pids),
-        "moto": [stack.moto_pid],
+        "S3 server": stack.s3_pids,
         "redis": redis_pids(stack.redis_url),
         "bench (submit+poll)": [os.getpid()],
     }
@@ -251,7 +256,7 @@ def run_judgments(
     p0 = time.perf_counter()
     ids = submit_judgments(specs, chunk_size=chunk)
     submit_s = time.perf_counter() - p0
-    profiler = start_profile([*pids, stack.moto_pid], profile_s, stack.tmp) if profile_s else None
+    profiler = start_profile(list(pids), profile_s, stack.tmp) if profile_s else None
     try:
         wait_terminal(min(ids), max(ids), len(set(ids)), timeout_s=3600)
     except BaseException:
@@ -389,7 +394,7 @@ def _print_header(args: argparse.Namespace, calibration: Sequence[float], total_
         f"{total_bytes / args.images / 1024:.0f} KB mean), {args.users} users (5-15 refs, contexts pre-built), "
         f"chunk {args.chunk}, swap off, image URI TTL {args.uri_ttl:g} s, worker loglevel "
         f"{args.loglevel}; broker Redis, ledger Postgres, images "
-        + ("from moto S3 (own process)" if args.store == "s3" else "as file:// under the image root")
+        + ("from SeaweedFS S3 (own process)" if args.store == "s3" else "as file:// under the image root")
     )
 
 
@@ -412,23 +417,32 @@ def _print_rates(ref: dict[str, float], run: JudgeRun) -> None:
     print(f"  ratio to no-op: {run.rate / ref['rate']:.3f}")
 
 
+WORKER_CPU_GOAL_MS = 5.0  # worker CPU per judgment at shipped settings
+RATIO_GOAL = 0.3  # judgments/s over raw Celery no-op tasks/s, same run
+SERVICES = ("S3 server", "postgres", "redis")  # other hosts in production: reported apart
+
+
+def _ms(run: JudgeRun, key: str) -> float:
+    return 1e3 * run.cpu.get(key, 0.0) / run.n
+
+
 def _print_cpu(run: JudgeRun) -> None:
     cpu_total = sum(run.cpu.values())
     print(
         "  CPU seconds during the run: "
         + ", ".join(f"{k} {v:.1f}" for k, v in run.cpu.items())
-        + f" (total {cpu_total:.1f} = {1e3 * cpu_total / run.n:.2f} ms CPU per judgment; "
-        f"{cpu_total / run.wall_s:.2f} of {os.cpu_count()} cores busy)"
+        + f" (total {cpu_total:.1f}; {cpu_total / run.wall_s:.2f} of {os.cpu_count()} cores busy)"
     )
     print(
         f"  machine load from other processes during the run: {run.foreign_cores:.2f} cores"
         + (" (WARNING: the machine was shared; figures are low)" if run.foreign_cores > 0.2 else "")
     )
     print(
-        "  CPU ms per judgment: "
-        + ", ".join(f"{k} {1e3 * v / run.n:.2f}" for k, v in run.cpu.items())
-        + f"; CPU-bound ceiling on {os.cpu_count()} cores: {run.n * (os.cpu_count() or 1) / cpu_total:.0f} "
-        "judgments/s"
+        f"  CPU ms per judgment: workers {_ms(run, 'workers'):.2f}; apart (other hosts in production): "
+        + ", ".join(f"{k} {_ms(run, k):.2f}" for k in SERVICES)
+        + f"; benchmark client (submit + poll) {_ms(run, 'bench (submit+poll)'):.2f}; all "
+        f"{1e3 * cpu_total / run.n:.2f} (CPU-bound ceiling on {os.cpu_count()} cores: "
+        f"{run.n * (os.cpu_count() or 1) / cpu_total:.0f} judgments/s)"
     )
 
 
@@ -461,20 +475,20 @@ def _print_summary(report: Sequence[PoolRun], calibration: Sequence[float]) -> N
         f"SUMMARY nproc={os.cpu_count()} best={best.label}; other load on the machine during that run "
         f"{run.foreign_cores:.2f} cores; CPU calibration {max(calibration):.3f} s"
     )
-    print(
-        f"SUMMARY end-to-end {run.rate:.1f} judgments/s (goal >= 200: {'MET' if run.rate >= 200 else 'NOT MET'})"
-    )
+    worker_ms = _ms(run, "workers")
+    ratio = run.rate / ref["rate"]
+    print(f"SUMMARY end-to-end {run.rate:.1f} judgments/s")
     print(
         f"SUMMARY no-op reference {ref['rate']:.0f} tasks/s (other load {ref['foreign_cores']:.2f} cores"
         + ("; under 2,000 tasks: a rough figure" if ref["n"] < 2000 else "")
-        + f"); ratio {run.rate / ref['rate']:.3f} "
-        f"(goal >= 0.25: {'MET' if run.rate / ref['rate'] >= 0.25 else 'NOT MET'})"
+        + f"); ratio {ratio:.3f} (goal >= {RATIO_GOAL}: {'MET' if ratio >= RATIO_GOAL else 'NOT MET'})"
     )
     print(
-        "SUMMARY CPU ms per judgment: "
-        + ", ".join(f"{k} {1e3 * v / run.n:.2f}" for k, v in run.cpu.items())
-        + f" = {1e3 * sum(run.cpu.values()) / run.n:.2f} (200 judgments/s on {os.cpu_count()} cores needs "
-        f"<= {1e3 * (os.cpu_count() or 1) / 200:.0f})"
+        f"SUMMARY worker CPU {worker_ms:.2f} ms per judgment (goal <= {WORKER_CPU_GOAL_MS:g}: "
+        f"{'MET' if worker_ms <= WORKER_CPU_GOAL_MS else 'NOT MET'}); apart: "
+        + ", ".join(f"{k} {_ms(run, k):.2f}" for k in SERVICES)
+        + f", benchmark client {_ms(run, 'bench (submit+poll)'):.2f}; "
+        f"all {1e3 * sum(run.cpu.values()) / run.n:.2f}"
     )
     for r in report:
         print(
@@ -495,7 +509,7 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         choices=("s3", "file"),
         default="s3",
-        help="s3: images from moto S3 (the benchmark); file: file:// under the image root (no S3 cost)",
+        help="s3: images from SeaweedFS S3 (the benchmark); file: file:// under the image root (no S3 cost)",
     )
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--chunk", type=int, default=50, help="judgments per judge_chunk message")
@@ -516,7 +530,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-concurrency", type=int, default=4, help="PIGREWARD_CHUNK_CONCURRENCY")
     p.add_argument("--noop", type=int, default=5_000, help="no-op tasks for the reference rate")
     p.add_argument("--loglevel", default="INFO", help="worker log level (pigreward worker: INFO)")
-    p.add_argument("--profile", type=float, default=0, help="py-spy the workers and moto for S seconds")
+    p.add_argument("--profile", type=float, default=0, help="py-spy the workers for S seconds")
     p.add_argument(
         "--uri-ttl",
         type=float,

@@ -10,7 +10,9 @@ older than the lease is held by nobody alive: another message may take it over, 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -29,63 +31,134 @@ def _locks(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _claimable(token: str, now: datetime, lease_s: float) -> sa.ColumnElement[bool]:
-    """Queued or waiting rows, and running rows held under `token` or by a holder gone silent."""
-    stale = now - timedelta(seconds=lease_s)
+_TABLE: sa.Table = Judgment.__table__  # type: ignore[attr-defined]  # not declared by SQLModel
+_NOW = sa.bindparam("now", type_=sa.DateTime(timezone=True))
+
+
+def _claimable_clause() -> sa.ColumnElement[bool]:
+    """Queued or waiting rows, and running rows held under :token or by a holder silent since :stale."""
+    c = _TABLE.c
     return sa.or_(
-        col(Judgment.status).in_([JudgmentStatus.queued, JudgmentStatus.waiting]),
+        c.status.in_([JudgmentStatus.queued, JudgmentStatus.waiting]),
         sa.and_(
-            col(Judgment.status) == JudgmentStatus.running,
+            c.status == JudgmentStatus.running,
             sa.or_(
-                col(Judgment.claim_token) == token,
-                col(Judgment.heartbeat_at) < stale,
+                c.claim_token == sa.bindparam("token"),
+                c.heartbeat_at < sa.bindparam("stale", type_=sa.DateTime(timezone=True)),
                 sa.and_(
-                    col(Judgment.heartbeat_at).is_(None),
-                    sa.or_(col(Judgment.started_at).is_(None), col(Judgment.started_at) < stale),
+                    c.heartbeat_at.is_(None),
+                    sa.or_(
+                        c.started_at.is_(None),
+                        c.started_at < sa.bindparam("stale", type_=sa.DateTime(timezone=True)),
+                    ),
                 ),
             ),
         ),
     )
 
 
+# The claim statements are built once, with bind parameters: a claim runs for every judgment, and
+# building the expression costs more Python than executing it (compiled forms are cached either way).
+_RUNS = _TABLE.c.attempts - _TABLE.c.transient_failures  # runs that ended without a word
+_CLAIM = (
+    sa.update(_TABLE)
+    .where(
+        _TABLE.c.id == sa.bindparam("judgment_id"), _claimable_clause(), sa.bindparam("max_attempts") > _RUNS
+    )
+    .values(
+        status=JudgmentStatus.running,
+        attempts=_TABLE.c.attempts + 1,
+        started_at=_NOW,
+        claim_token=sa.bindparam("token"),
+        claimed_by=sa.bindparam("worker"),
+        heartbeat_at=_NOW,
+        retry_at=None,
+    )
+)
+_EXHAUSTED = (
+    sa.update(_TABLE)
+    .where(
+        _TABLE.c.id == sa.bindparam("judgment_id"), _claimable_clause(), sa.bindparam("max_attempts") <= _RUNS
+    )
+    .values(
+        status=JudgmentStatus.failed,
+        error_code="attempts_exhausted",
+        error=sa.bindparam("error"),
+        finished_at=_NOW,
+        claim_token=None,
+    )
+)
+_RESERVE = (
+    sa.update(_TABLE)
+    .where(_TABLE.c.id.in_(sa.bindparam("ids", expanding=True)), _claimable_clause())
+    .values(
+        status=JudgmentStatus.running,
+        claim_token=sa.bindparam("token"),
+        claimed_by=sa.bindparam("worker"),
+        heartbeat_at=_NOW,
+    )
+)
+
+
+@dataclass(frozen=True)
+class ClaimedJudgment:
+    """What a run needs of the row it claimed, read by the claiming UPDATE itself (RETURNING).
+
+    Only these columns: reading back the whole row (43 columns, four of them JSON) cost more CPU
+    than the rest of the claim.
+    """
+
+    id: int
+    tenant_id: int
+    user_ref: str
+    user_id: int | None
+    prompt: str
+    image_a_uri: str
+    image_b_uri: str
+    backend: str
+    options: dict[str, Any]
+    swap: bool
+    status: JudgmentStatus  # running: this run holds it
+    attempts: int  # runs started, this one included
+    transient_failures: int
+    created_at: datetime | None
+    started_at: datetime | None  # this run's start (SQLite hands timestamps back naive, in UTC)
+
+
+_CLAIMED_COLUMNS = [_TABLE.c[f.name] for f in fields(ClaimedJudgment)]
+_CLAIM_RETURNING = _CLAIM.returning(*_CLAIMED_COLUMNS)
+_RESERVE_RETURNING = _RESERVE.returning(_TABLE.c.id)
+
+
 def claim_judgment(
     *, session: Session, judgment_id: int, token: str, lease_s: float, max_attempts: int, worker: str = ""
-) -> Judgment | None:
+) -> ClaimedJudgment | None:
     """Take a judgment to run it; None if it is finished, unknown, or held by a live claim.
 
     Two different messages for one row can never run it at the same time. A row started
     `max_attempts` times without any recorded outcome (transient failures are recorded, crashes
-    are not) is failed: a crash loop must end.
+    are not) is failed: a crash loop must end. What the run needs of the row is read by the
+    claiming UPDATE itself where the database can (one round trip).
     """
     now = utcnow()
-    base = sa.update(Judgment).where(col(Judgment.id) == judgment_id, _claimable(token, now, lease_s))
-    runs = col(Judgment.attempts) - col(Judgment.transient_failures)  # runs that ended without a word
-    claim = base.where(runs < max_attempts).values(
-        status=JudgmentStatus.running,
-        attempts=Judgment.attempts + 1,
-        started_at=now,
-        claim_token=token,
-        claimed_by=worker,
-        heartbeat_at=now,
-        retry_at=None,
-    )
+    params = {
+        "judgment_id": judgment_id,
+        "token": token,
+        "stale": now - timedelta(seconds=lease_s),
+        "max_attempts": max_attempts,
+        "worker": worker,
+        "now": now,
+    }
     if session.get_bind().dialect.update_returning:  # Postgres, SQLite >= 3.35: one round trip
-        taken = session.scalars(
-            claim.returning(Judgment), execution_options={"populate_existing": True}
-        ).first()
+        taken = session.execute(_CLAIM_RETURNING, params).first()
         if taken is not None:
-            return taken
-    elif affected(session.execute(claim)) == 1:
-        return session.get(Judgment, judgment_id, populate_existing=True)
-    session.execute(
-        base.where(runs >= max_attempts).values(
-            status=JudgmentStatus.failed,
-            error_code="attempts_exhausted",
-            error=f"started {max_attempts} times without finishing (worker crashes or time limits?)",
-            finished_at=now,
-            claim_token=None,
-        )
-    )
+            return ClaimedJudgment(*taken)
+    elif affected(session.execute(_CLAIM, params)) == 1:
+        row = session.get(Judgment, judgment_id, populate_existing=True)
+        if row is not None:
+            return ClaimedJudgment(*(getattr(row, f.name) for f in fields(ClaimedJudgment)))
+    error = f"started {max_attempts} times without finishing (worker crashes or time limits?)"
+    session.execute(_EXHAUSTED, {**params, "error": error})
     return None
 
 
@@ -100,14 +173,16 @@ def reserve_judgments(
     if not judgment_ids:
         return []
     now = utcnow()
-    stmt = (
-        sa.update(Judgment)
-        .where(col(Judgment.id).in_(sorted(judgment_ids)), _claimable(token, now, lease_s))
-        .values(status=JudgmentStatus.running, claim_token=token, claimed_by=worker, heartbeat_at=now)
-    )
+    params = {
+        "ids": sorted(judgment_ids),
+        "token": token,
+        "stale": now - timedelta(seconds=lease_s),
+        "worker": worker,
+        "now": now,
+    }
     if session.get_bind().dialect.update_returning:
-        return sorted(session.scalars(stmt.returning(col(Judgment.id))))
-    session.execute(stmt)
+        return sorted(session.scalars(_RESERVE_RETURNING, params))
+    session.execute(_RESERVE, params)
     taken = select(Judgment.id).where(
         col(Judgment.id).in_(sorted(judgment_ids)), Judgment.claim_token == token
     )

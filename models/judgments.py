@@ -7,7 +7,7 @@ dimension rows is written in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -178,6 +178,31 @@ def record_judgments(
     return [ids[k] for k in keys]
 
 
+_TABLE: sa.Table = Judgment.__table__  # type: ignore[attr-defined]  # not declared by SQLModel
+_DIMS: sa.Table = DimensionScore.__table__  # type: ignore[attr-defined]
+
+
+def _finish_statement(claimed: bool) -> sa.Update:
+    """The verdict UPDATE, built once (a verdict is written per judgment: building the expression
+    would cost more Python than running it); `claimed`: only while the claim :token holds the row."""
+    stmt = sa.update(_TABLE).where(_TABLE.c.id == sa.bindparam("judgment_id"))
+    if claimed:
+        stmt = stmt.where(
+            _TABLE.c.status == JudgmentStatus.running, _TABLE.c.claim_token == sa.bindparam("token")
+        )
+    values: dict[str, Any] = {
+        name: sa.bindparam(name, type_=_TABLE.c[name].type) for name in (*VERDICT_COLUMNS, "finished_at")
+    }
+    values.update(error_code=None, claim_token=None, retry_at=None, waiting_since=None, transient_failures=0)
+    return stmt.values(values)
+
+
+_FINISH = _finish_statement(claimed=False)
+_FINISH_CLAIMED = _finish_statement(claimed=True)
+_DELETE_DIMS = sa.delete(_DIMS).where(_DIMS.c.judgment_id == sa.bindparam("judgment_id"))
+_INSERT_DIMS = sa.insert(_DIMS)
+
+
 def finish_judgment(
     *, session: Session, judgment_id: int, verdict: VerdictRecord, token: str | None = None
 ) -> None:
@@ -187,28 +212,16 @@ def finish_judgment(
     and the write are one conditional UPDATE (it takes the row lock and re-checks the condition
     after any concurrent writer), so no separate SELECT ... FOR UPDATE is needed.
     """
-    # Core statements on the tables (not the ORM-enabled forms): the same SQL, less Python per call
-    table, dims = Judgment.__table__, DimensionScore.__table__  # type: ignore[attr-defined]  # not declared by SQLModel
-    stmt = sa.update(table).where(table.c.id == judgment_id)
-    if token is not None:
-        stmt = stmt.where(table.c.status == JudgmentStatus.running, table.c.claim_token == token)
-    values: dict[str, Any] = {name: getattr(verdict, name) for name in VERDICT_COLUMNS}
-    values.update(
-        error_code=None,
-        claim_token=None,
-        finished_at=utcnow(),
-        retry_at=None,
-        waiting_since=None,
-        transient_failures=0,
-    )
-    updated = session.execute(stmt.values(**values))
+    params: dict[str, Any] = {name: getattr(verdict, name) for name in VERDICT_COLUMNS}
+    params.update(judgment_id=judgment_id, token=token, finished_at=utcnow())
+    updated = session.execute(_FINISH if token is None else _FINISH_CLAIMED, params)
     if affected(updated) != 1:
         held(session, judgment_id, token)  # raises LookupError or ClaimLost with the row's state
         raise ClaimLost(f"judgment {judgment_id} changed while its verdict was written")
-    session.execute(sa.delete(dims).where(dims.c.judgment_id == judgment_id))
+    session.execute(_DELETE_DIMS, {"judgment_id": judgment_id})
     if verdict.dimensions:
         session.execute(
-            sa.insert(dims),
+            _INSERT_DIMS,
             [
                 {
                     "judgment_id": judgment_id,
@@ -224,7 +237,21 @@ def finish_judgment(
     row = session.identity_map.get(session.identity_key(Judgment, judgment_id))
     if row is not None:  # a caller holding the row in this session sees what was written
         session.expire(row)
-    session.flush()
+
+
+_SUBJECTS = sa.select(_TABLE.c.user_id, _TABLE.c.backend, _TABLE.c.options).where(
+    _TABLE.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+
+
+def judgment_subjects(
+    *, session: Session, judgment_ids: Collection[int]
+) -> set[tuple[int | None, str, str | None]]:
+    """The distinct (user id, backend, protocol option) of these rows: what their contexts depend on."""
+    if not judgment_ids:
+        return set()
+    rows = session.execute(_SUBJECTS, {"ids": sorted(judgment_ids)})
+    return {(user_id, backend, (options or {}).get("protocol")) for user_id, backend, options in rows}
 
 
 def get_judgment(*, session: Session, judgment_id: int) -> Judgment | None:

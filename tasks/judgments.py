@@ -27,7 +27,14 @@ from tasks.app import app
 from tasks.recovery import sweep_once
 from tasks.runtime import get_resources
 from tasks.submit import judgment_spec, send_judgments, submit_judgment
-from workers.pipeline import Resources, database_errors, record_failure, run_judgment
+from workers.pipeline import (
+    ContextMemo,
+    Resources,
+    chunk_contexts,
+    database_errors,
+    record_failure,
+    run_judgment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +166,11 @@ def judge_chunk(self: Task[Any, Any], judgment_ids: list[int]) -> dict[str, int]
     """The bulk form: many ledger rows in one message, run `chunk_concurrency` at a time.
 
     The chunk first claims all its rows (so a worker that dies mid-chunk leaves rows the sweeper finds
-    by their silent claims), then fans out: the fan-out keeps an LVLM server busy (SGLang batches
-    whatever is in flight). One bad row never stops the chunk: permanent errors are recorded, transient
-    ones make their row wait. Rows still unstarted when the soft time limit strikes are released and
-    re-sent. Returns counts by the status each row was left in.
+    by their silent claims) and looks up its users' contexts together, then fans out: the fan-out
+    keeps an LVLM server busy (SGLang batches whatever is in flight). One bad row never stops the
+    chunk: permanent errors are recorded, transient ones make their row wait. Rows still unstarted
+    when the soft time limit strikes are released and re-sent. Returns counts by the status each row
+    was left in.
     """
     res = get_resources()
     token = self.request.id or f"chunk-{uuid.uuid4()}"
@@ -179,10 +187,14 @@ def judge_chunk(self: Task[Any, Any], judgment_ids: list[int]) -> dict[str, int]
         _unrecorded(res, judgment_ids[0] if judgment_ids else 0, exc)
         return {"unknown": len(judgment_ids)}
     res.claims.add(mine)
+    try:  # one lookup of every user's context for the whole chunk
+        contexts = chunk_contexts(res=res, judgment_ids=mine)
+    except DatabaseUnavailable:  # each judgment meets the outage itself, and waits
+        contexts = ContextMemo()
 
     def one(judgment_id: int) -> str:
         try:
-            return str(run_judgment(res=res, judgment_id=judgment_id, token=token).status)
+            return str(run_judgment(res=res, judgment_id=judgment_id, token=token, contexts=contexts).status)
         except DatabaseUnavailable as exc:
             return str(_unrecorded(res, judgment_id, exc)["status"])
         except Exception:  # recorded as failed by the pipeline; the rest of the chunk goes on

@@ -209,11 +209,14 @@ class ImageLoader:
     """Fetch + normalize with an LRU cache keyed by content hash (thread-safe, per process).
 
     The cache is bounded by entries and by decoded bytes (a 448x448 RGB picture is ~800 KB), so a
-    worker can hold every image of a night's batch without growing past `cache_bytes`. With
-    `uri_ttl_s` > 0 a URI read less than that many seconds ago is answered from the cache without
-    reading the store again: safe where keys are written once (one key per generated image), and
-    off by default because an overwritten key would be judged from its old content until the TTL
-    ends. The ledger keeps the sha256 of what was judged either way.
+    worker can hold every image of a night's batch without growing past `cache_bytes`. Every load
+    asks the store, since keys may be overwritten; an S3 object whose picture is cached is asked
+    for conditionally (its ETag), so an unchanged one costs a 304 with no body to transfer or hash,
+    and a changed one is read and judged anew. With `uri_ttl_s` > 0 a URI read less than that many
+    seconds ago is answered from the cache without asking the store at all: safe where keys are
+    written once (one key per generated image), and off by default because an overwritten key would
+    be judged from its old content until the TTL ends. The ledger keeps the sha256 of what was
+    judged either way.
     """
 
     def __init__(
@@ -232,6 +235,7 @@ class ImageLoader:
         self._cache: OrderedDict[str, NormalizedImage] = OrderedDict()
         self._held = 0  # decoded bytes in the cache
         self._uris: dict[str, tuple[str, float]] = {}  # uri -> (sha256, monotonic time of the read)
+        self._etags: dict[str, tuple[str, str]] = {}  # uri -> (ETag, sha256) of its last S3 read
         self._lock = threading.Lock()
 
     def load(self, uri: str) -> NormalizedImage:
@@ -242,25 +246,47 @@ class ImageLoader:
             if hit is not None:
                 return hit
         read_at = time.monotonic()
-        data = self.store.read(uri)
-        digest = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            hit = self._cache.get(digest)
+        known = self._etag_of(uri)
+        fetched = self.store.fetch(uri, etag=known[0] if known else None)
+        if fetched.data is None:  # unchanged since the read that cached it
+            hit = self._cached(known[1], uri, read_at) if known else None
             if hit is not None:
-                self._cache.move_to_end(digest)
-                self._remember(uri, digest, read_at)
+                return hit
+            fetched = self.store.fetch(uri)  # evicted meanwhile: read it whole
+        data = fetched.data
+        assert data is not None  # an unconditional read has the bytes
+        digest = hashlib.sha256(data).hexdigest()
+        hit = self._cached(digest, uri, read_at, fetched.etag)
         if hit is not None:
-            return hit if hit.uri == uri else _with_uri(hit, uri)
+            return hit
         image = normalize(data, uri, self.limits)
         with self._lock:
             if digest not in self._cache:
                 self._cache[digest] = image
                 self._held += _decoded_bytes(image)
-            self._remember(uri, digest, read_at)
+            self._remember(uri, digest, read_at, fetched.etag)
             while self._cache and (len(self._cache) > self.cache_size or self._held > self.cache_bytes):
                 _, old = self._cache.popitem(last=False)
                 self._held -= _decoded_bytes(old)
         return image
+
+    def _etag_of(self, uri: str) -> tuple[str, str] | None:
+        """(ETag, sha256) of the last read of `uri` if its picture is still cached."""
+        with self._lock:
+            known = self._etags.get(uri)
+            return known if known is not None and known[1] in self._cache else None
+
+    def _cached(
+        self, digest: str, uri: str, read_at: float, etag: str | None = None
+    ) -> NormalizedImage | None:
+        """The cached picture of these bytes, named `uri`, with the read remembered; None if absent."""
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is None:
+                return None
+            self._cache.move_to_end(digest)
+            self._remember(uri, digest, read_at, etag)
+        return hit if hit.uri == uri else _with_uri(hit, uri)
 
     def _fresh(self, uri: str) -> NormalizedImage | None:
         """The cached picture of `uri` if it was read within the TTL (and is still cached)."""
@@ -274,7 +300,13 @@ class ImageLoader:
             self._cache.move_to_end(known[0])
         return hit if hit.uri == uri else _with_uri(hit, uri)
 
-    def _remember(self, uri: str, digest: str, read_at: float) -> None:  # under self._lock
+    def _remember(
+        self, uri: str, digest: str, read_at: float, etag: str | None = None
+    ) -> None:  # under self._lock
+        if etag is not None:  # what the next read of `uri` asks the store about
+            if len(self._etags) >= 4 * max(len(self._cache), 256):  # bounded by what the cache holds
+                self._etags.clear()
+            self._etags[uri] = (etag, digest)
         if self.uri_ttl_s <= 0:
             return
         known = self._uris.get(uri)

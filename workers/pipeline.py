@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -30,15 +30,21 @@ from core.errors import (
     InvalidRequest,
     NoReferences,
     PermanentError,
+    PigrewardError,
     TransientError,
     UnknownUser,
 )
-from models.claims import ClaimLost, claim_judgment, close_with_error, park_judgment
-from models.contexts import find_context, save_context
+from models.claims import ClaimedJudgment, ClaimLost, claim_judgment, close_with_error, park_judgment
+from models.contexts import ReferenceInput, find_context, ready_contexts, reference_inputs, save_context
 from models.db import session_scope
 from models.images import upsert_image
-from models.judgments import DimensionRecord, VerdictRecord, finish_judgment, get_judgment
-from models.references import list_references
+from models.judgments import (
+    DimensionRecord,
+    VerdictRecord,
+    finish_judgment,
+    get_judgment,
+    judgment_subjects,
+)
 from models.tables import EndUser, Judgment, UserContext, id_of
 from models.tenants import find_tenant, tenant_name
 from models.upsert import natural_key
@@ -138,20 +144,93 @@ def resolve_user(*, db: Engine, tenant: str, user: str) -> EndUser:
 _PER_PROMPT_USAGE = frozenset({"rationales_dropped", "rationales_used", "prompt_tokens_estimated"})
 
 
-def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[UserContext, ContextData]:
-    """The user's context for the current references and backend version, built if missing."""
+ContextKey = tuple[int, str, str, str, str]
+"""user id, backend, model id, model revision, template version: a context version minus its references."""
+
+
+@dataclass
+class ContextMemo:
+    """Contexts already looked up, by user and version: the judgments of one chunk share them.
+
+    `chunk_contexts` fills it for a whole chunk with one query of its users' references and one of
+    their contexts, instead of two queries per judgment; a judgment whose user is not in it looks up
+    (or builds) its own context and adds it. An entry is the context that was current when it was
+    read: a reference added while a chunk runs applies from the next chunk on (each verdict records
+    the context it used, so re-scoring finds the ones judged with the older context).
+    """
+
+    entries: dict[ContextKey, tuple[UserContext, ContextData]] = field(default_factory=dict)
+
+
+def _context_version(backend: Backend) -> dict[str, str]:
     author = backend.context_identity
-    version = {
+    return {
         "backend": backend.name,
         "model_id": author.model_id,
         "model_revision": author.revision,
         "template_version": backend.context_version,
     }
+
+
+def _context_key(user_id: int, version: dict[str, str]) -> ContextKey:
+    return (
+        user_id,
+        version["backend"],
+        version["model_id"],
+        version["model_revision"],
+        version["template_version"],
+    )
+
+
+def _refs_hash(refs: list[ReferenceInput]) -> str:
+    return references_hash([(r.prompt, r.chosen_uri, r.rejected_uri) for r in refs])
+
+
+def chunk_contexts(*, res: Resources, judgment_ids: Collection[int]) -> ContextMemo:
+    """The current contexts of the users these judgments are for, looked up together (see
+    `ContextMemo`). Users or backends that cannot be resolved here are left to each judgment."""
+    memo = ContextMemo()
     with database_errors(), session_scope(res.db) as session:
-        refs = list_references(session=session, user_id=user_id)
+        subjects = judgment_subjects(session=session, judgment_ids=judgment_ids)
+        users = {user_id for user_id, _, _ in subjects if user_id is not None}
+        hashes = {
+            u: _refs_hash(refs) for u, refs in reference_inputs(session=session, user_ids=users).items()
+        }
+        rows = ready_contexts(session=session, user_ids=hashes, references_hashes=set(hashes.values()))
+    by_version = {
+        (
+            row.references_hash,
+            (row.user_id, row.backend, row.model_id, row.model_revision, row.template_version),
+        ): row
+        for row in rows
+    }
+    for user_id, name, protocol in subjects:
+        if user_id not in hashes:
+            continue
+        try:
+            key = _context_key(user_id, _context_version(res.backend_for(name, protocol)))
+        except PigrewardError:  # an unknown backend, an unreachable model server: the judgment says
+            continue
+        row = by_version.get((hashes[user_id], key))
+        if row is not None:
+            memo.entries[key] = (row, ContextData(rationales=row.rationales, payload=row.payload))
+    return memo
+
+
+def ensure_context(
+    *, res: Resources, backend: Backend, user_id: int, memo: ContextMemo | None = None
+) -> tuple[UserContext, ContextData]:
+    """The user's context for the current references and backend version, built if missing
+    (found in `memo` when its chunk looked it up already)."""
+    version = _context_version(backend)
+    key = _context_key(user_id, version)
+    if memo is not None and key in memo.entries:
+        return memo.entries[key]
+    with database_errors(), session_scope(res.db) as session:
+        refs = reference_inputs(session=session, user_ids=[user_id]).get(user_id, [])
         if not refs:
             raise NoReferences(f"user {user_id} has no reference pairs: a context needs at least one")
-        ref_hash = references_hash([(r.prompt, r.chosen_uri, r.rejected_uri) for r in refs])
+        ref_hash = _refs_hash(refs)
         row = find_context(session=session, user_id=user_id, references_hash=ref_hash, **version)
     if row is None:
         started = time.perf_counter()
@@ -175,17 +254,23 @@ def ensure_context(*, res: Resources, backend: Backend, user_id: int) -> tuple[U
                 build_seconds=time.perf_counter() - started,
                 **version,
             )
-    return row, ContextData(rationales=row.rationales, payload=row.payload)
+    found = (row, ContextData(rationales=row.rationales, payload=row.payload))
+    if memo is not None:
+        memo.entries[key] = found
+    return found
 
 
-def run_judgment(*, res: Resources, judgment_id: int, token: str, park: bool = True) -> JudgmentSummary:
+def run_judgment(
+    *, res: Resources, judgment_id: int, token: str, park: bool = True, contexts: ContextMemo | None = None
+) -> JudgmentSummary:
     """Run one ledger row under claim `token` until it is done, invalid, rejected or (`park`) waiting.
 
     Raises `DatabaseUnavailable` when the database cannot be reached to take the claim or to write the
     outcome: the row then stays as it was and the sweeper sends it again once the database is back.
+    `contexts`: the contexts its chunk looked up already (see `ContextMemo`).
     """
     with database_errors(), session_scope(res.db) as session:
-        row = claim_judgment(
+        job = claim_judgment(
             session=session,
             judgment_id=judgment_id,
             token=token,
@@ -193,15 +278,14 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str, park: bool = T
             max_attempts=res.max_attempts,
             worker=res.claims.worker,
         )
-        if row is None:
+        if job is None:
             existing = get_judgment(session=session, judgment_id=judgment_id)
             if existing is None:
                 raise LookupError(f"judgment {judgment_id} is not in the ledger")
             return _summary(existing, skipped=True)
-        job = row.model_copy()
     res.claims.add([judgment_id])
     try:
-        return _run(res, job, token)
+        return _run(res, job, token, contexts)
     except TransientError as exc:
         if not park:
             raise
@@ -210,11 +294,11 @@ def run_judgment(*, res: Resources, judgment_id: int, token: str, park: bool = T
         res.claims.discard(judgment_id)
 
 
-def _run(res: Resources, job: Judgment, token: str) -> JudgmentSummary:
+def _run(res: Resources, job: ClaimedJudgment, token: str, contexts: ContextMemo | None) -> JudgmentSummary:
     """The claimed run: judge and store the verdict, or record why not (transient errors propagate)."""
-    judgment_id = id_of(job)
+    judgment_id = job.id
     try:
-        record = _judge(res, job)
+        record = _judge(res, job, contexts)
         try:
             with database_errors(), session_scope(res.db) as session:
                 finish_judgment(session=session, judgment_id=judgment_id, verdict=record, token=token)
@@ -260,9 +344,9 @@ def _run(res: Resources, job: Judgment, token: str) -> JudgmentSummary:
         raise
 
 
-def _park(res: Resources, job: Judgment, token: str, exc: TransientError) -> JudgmentSummary:
+def _park(res: Resources, job: ClaimedJudgment, token: str, exc: TransientError) -> JudgmentSummary:
     """A transient error: the row waits and is sent again after a backoff (or fails past the horizon)."""
-    judgment_id = id_of(job)
+    judgment_id = job.id
     res.outages.fault(exc)
     failures = job.transient_failures + 1
     delay = res.backoff.delay(failures)
@@ -301,7 +385,7 @@ def _park(res: Resources, job: Judgment, token: str, exc: TransientError) -> Jud
 
 def _report(
     res: Resources,
-    job: Judgment,
+    job: ClaimedJudgment,
     status: JudgmentStatus,
     record: VerdictRecord | None = None,
     error_code: str | None = None,
@@ -316,7 +400,7 @@ def _report(
             wait = max(0.0, (start - created).total_seconds())
         res.events.judgment_finished(
             JudgmentEvent(
-                judgment_id=id_of(job),
+                judgment_id=job.id,
                 backend=job.backend,
                 status=status,
                 attempt=job.attempts,
@@ -332,7 +416,7 @@ def _report(
         log.exception("pipeline observer failed for judgment %s", job.id)
 
 
-def _judge(res: Resources, job: Judgment) -> VerdictRecord:
+def _judge(res: Resources, job: ClaimedJudgment, contexts: ContextMemo | None = None) -> VerdictRecord:
     """The steps of one judgment, each one call; returns what the ledger stores."""
     timings: dict[str, float] = {}
     if not job.prompt.strip():
@@ -344,7 +428,7 @@ def _judge(res: Resources, job: Judgment) -> VerdictRecord:
         user_id = id_of(resolve_user(db=res.db, tenant=tenant, user=job.user_ref))
     backend = res.backend_for(job.backend, job.options.get("protocol"))
     t = time.perf_counter()
-    context_row, context = ensure_context(res=res, backend=backend, user_id=user_id)
+    context_row, context = ensure_context(res=res, backend=backend, user_id=user_id, memo=contexts)
     timings["context_s"] = time.perf_counter() - t
     t = time.perf_counter()
     image_a, image_b = res.loader.load(job.image_a_uri), res.loader.load(job.image_b_uri)

@@ -16,7 +16,7 @@ from models.users import ensure_user
 from workers.backends.lite import LiteBackend
 from workers.drawing import DrawParams, draw_image
 from workers.imaging import ImageLimits, ImageLoader
-from workers.pipeline import Resources, ensure_context, run_judgment
+from workers.pipeline import Resources, chunk_contexts, ensure_context, run_judgment
 from workers.store import ImageStore, StoreConfig
 
 
@@ -132,3 +132,59 @@ def test_image_ids_are_cached_and_a_stale_id_is_forgotten_and_retried(res: Resou
     with session_scope(res.db) as session:
         again = get_judgment(session=session, judgment_id=jids[1])
     assert (again.image_a_id, again.image_b_id) == (row.image_a_id, row.image_b_id)  # type: ignore[union-attr]
+
+
+def _judgments(res: Resources, users: list[str], prompt: str = "x") -> list[int]:
+    with session_scope(res.db) as session:
+        return record_judgments(
+            session=session,
+            specs=[
+                JudgmentSpec(
+                    tenant="default", user=u, prompt=f"{prompt} {u}", image_a="6.png", image_b="7.png"
+                )
+                for u in users
+            ],
+        )
+
+
+def test_a_chunk_looks_its_users_contexts_up_once_and_its_judgments_use_them(res: Resources) -> None:
+    user_id = _user(res, [(0, 1), (2, 3)])
+    backend = res.backend_for("lite", None)
+    built, _ = ensure_context(res=res, backend=backend, user_id=user_id)
+    jids = _judgments(res, ["u", "unknown-user"])
+    memo = chunk_contexts(res=res, judgment_ids=jids)
+    assert [row.id for row, _ in memo.entries.values()] == [built.id]  # the unknown user is left out
+    [(found, data)] = memo.entries.values()
+    assert data.rationales == built.rationales
+    summaries = [run_judgment(res=res, judgment_id=j, token="chunk", contexts=memo) for j in jids]
+    assert [s.status for s in summaries] == ["done", "rejected"]
+    assert summaries[1].error_code == "unknown_user"
+    with session_scope(res.db) as session:
+        judged = get_judgment(session=session, judgment_id=jids[0])
+    assert judged is not None and judged.context_id == built.id
+    assert CountingLite.builds == 1
+
+
+def test_a_chunk_without_contexts_builds_one_per_user_and_shares_it(res: Resources) -> None:
+    _user(res, [(0, 1), (2, 3)])
+    jids = _judgments(res, ["u"], prompt="one") + _judgments(res, ["u"], prompt="two")
+    memo = chunk_contexts(res=res, judgment_ids=jids)
+    assert memo.entries == {}  # nothing built yet
+    for j in jids:
+        assert run_judgment(res=res, judgment_id=j, token="chunk", contexts=memo).status == "done"
+    assert CountingLite.builds == 1 and len(memo.entries) == 1  # built by the first, used by the next
+
+
+def test_a_new_reference_makes_the_next_chunk_use_a_new_context(res: Resources) -> None:
+    user_id = _user(res, [(0, 1)])
+    backend = res.backend_for("lite", None)
+    old, _ = ensure_context(res=res, backend=backend, user_id=user_id)
+    _user(res, [(2, 3)])  # a new reference: the stored context is no longer current
+    memo = chunk_contexts(res=res, judgment_ids=_judgments(res, ["u"]))
+    assert memo.entries == {}  # the old version is not handed out
+    new, _ = ensure_context(res=res, backend=backend, user_id=user_id, memo=memo)
+    assert new.id != old.id and new.reference_count == 2
+    assert [
+        row.id
+        for row, _ in chunk_contexts(res=res, judgment_ids=_judgments(res, ["u"], "y")).entries.values()
+    ] == [new.id]

@@ -14,6 +14,7 @@ from core.errors import (
     ForbiddenLocation,
     ImageNotFound,
     ImageTooLarge,
+    ImageUnreadable,
     PermanentError,
     StoreUnavailable,
     TransientError,
@@ -278,7 +279,7 @@ def test_write_file_refuses_symlink_escape(store: ImageStore, root: Path, tmp_pa
 
 def test_split_s3() -> None:
     assert split_s3("s3://bucket/a/b/c.png") == ("bucket", "a/b/c.png")
-    for bad in ("s3://", "s3://bucket", "s3://bucket/", "s3:///key"):
+    for bad in ("s3://", "s3://bucket", "s3://bucket/", "s3:///key", "s3://bucket/dir/"):
         with pytest.raises(ForbiddenLocation):
             split_s3(bad)
 
@@ -466,3 +467,38 @@ def test_s3_body_cut_short_is_transient_not_a_corrupt_image(tmp_path: Path) -> N
     )
     with pytest.raises(StoreUnavailable, match="cut short"):
         s.read("s3://b/k.png")
+
+
+@pytest.mark.parametrize("own_client", [True, False])
+def test_s3_locations_the_store_cannot_hold_are_refused_not_retried(
+    s3: S3, tmp_path: Path, own_client: bool
+) -> None:
+    """A key S3 refuses as malformed (`..` segments on SeaweedFS), a bucket name boto3 refuses, or a
+    "folder" key: retrying the same location cannot help, so each is a permanent refusal."""
+    if own_client:  # direct signed GETs first, boto3 for anything but a plain answer
+        config = StoreConfig(
+            image_root=tmp_path,
+            s3_endpoint_url=s3.endpoint,
+            s3_access_key_id="testing",
+            s3_secret_access_key="testing",
+        )
+        s = ImageStore(config)
+    else:
+        s = ImageStore(StoreConfig(image_root=tmp_path), s3_client=s3.client)
+    with pytest.raises(ForbiddenLocation, match="InvalidRequest"):
+        s.read(f"s3://{s3.imgs}/a/../dir/a.png")
+    with pytest.raises(ForbiddenLocation, match="malformed S3 location"):
+        s.read("s3://bad bucket/a.png")
+    with pytest.raises(ForbiddenLocation, match="names a folder"):
+        s.read(f"s3://{s3.imgs}/dir/")
+    assert s.read(f"s3://{s3.imgs}/dir/a.png") == PAYLOAD  # and the store still reads
+
+
+def test_s3_an_empty_image_is_refused_before_it_is_written(s3: S3, tmp_path: Path) -> None:
+    s = ImageStore(StoreConfig(image_root=tmp_path), s3_client=s3.client)
+    with pytest.raises(ImageUnreadable, match="empty image"):
+        s.put(f"s3://{s3.imgs}/new.png", b"")
+    with pytest.raises(ImageUnreadable, match="empty image"):
+        s.put("file://new.png", b"")
+    assert s.put(f"s3://{s3.imgs}/new.png", b"png") == f"s3://{s3.imgs}/new.png"
+    assert s.read(f"s3://{s3.imgs}/new.png") == b"png"
