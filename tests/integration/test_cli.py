@@ -280,6 +280,47 @@ def test_judge_command_with_the_sglang_backend(demo_run, tmp_path: Path) -> None
     assert state.calls["p"] == 2  # both orders
 
 
+WITHOUT_LVLM_EXTRA = (
+    "import sys; sys.modules.update(torch=None, transformers=None, xgrammar=None); "
+    "from pigreward.cli import main; sys.argv[0] = 'pigreward'; main()"
+)
+
+
+def test_the_core_install_judges_with_an_sglang_server(demo_run) -> None:  # type: ignore[no-untyped-def]
+    """Worker hosts that talk to an SGLang server need no torch, transformers or xgrammar (the core
+    install): token budgets are estimated, images counted without torch; the hf backend says which
+    extra it needs."""
+    from tests.support.fake_openai import fake_openai_server
+
+    data_dir, _ = demo_run
+    images = data_dir / "images" / "demo" / "images"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")}
+
+    def core(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_LVLM_EXTRA, *args],
+            cwd=REPO,
+            env={**clean, "PIGREWARD_DATA_DIR": str(data_dir), **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    pair = ["--user", "user_03", "--prompt", "p", str(images / "img_0007.png"), str(images / "img_0008.png")]
+    with fake_openai_server() as (url, state):
+        out = core("judge", "--backend", "sglang", *pair, PIGREWARD_SGLANG_URL=url)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "status done" in out.stdout and "stub-judge" in out.stdout
+        assert state.calls["p"] == 2  # both orders
+        checked = core("check", "--backend", "sglang", "--no-probe", PIGREWARD_SGLANG_URL=url)
+        assert checked.returncode == 0 and "backend sglang: judge stub-judge" in checked.stdout, (
+            checked.stderr
+        )
+    hf = core("judge", "--backend", "hf", *pair)
+    assert 'pip install "pigreward[lvlm]"' in hf.stdout + hf.stderr
+    assert "Traceback" not in hf.stderr
+
+
 def test_check_reports_readiness_and_identity(tmp_path: Path) -> None:
     from tests.support.fake_openai import fake_openai_server
 

@@ -25,11 +25,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is the `lvlm` extra's: token budgets (image_tokens) work without it
+    import torch
 
 __all__ = [
     "VisionSpec",
@@ -201,6 +203,8 @@ def _patchify(image: np.ndarray, spec: VisionSpec) -> tuple[np.ndarray, int, int
 
 def preprocess(images: Sequence[Image.Image], spec: VisionSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """`pixel_values` float32 (total_patches, 3*T*p*p) and `image_grid_thw` int64 (n_images, 3)."""
+    import torch
+
     if isinstance(images, Image.Image):
         images = [images]
     if len(images) == 0:
@@ -233,7 +237,7 @@ def image_tokens(width: int, height: int, spec: VisionSpec) -> int:
 
 def image_token_count(grid_thw: torch.Tensor | Sequence[int], merge_size: int) -> int:
     """How many `<|image_pad|>` tokens stand for an image of this (t, h, w) patch grid."""
-    values = grid_thw.tolist() if isinstance(grid_thw, torch.Tensor) else list(grid_thw)
+    values = grid_thw.tolist() if hasattr(grid_thw, "tolist") else list(grid_thw)
     if len(values) != 3 or not all(isinstance(v, int) for v in values):
         raise ValueError(f"grid_thw must be three ints (t, h, w), got {grid_thw!r}")
     t, h, w = values
@@ -266,6 +270,8 @@ def mm_token_type_ids(
     transformers >= 5 needs this (`mm_token_type_ids=`) next to `image_grid_thw` to compute M-RoPE
     positions; the processor classes return it, hand-built inputs must supply it.
     """
+    import torch
+
     types = torch.zeros_like(input_ids, dtype=torch.int32)
     types[input_ids == image_token_id] = 1
     if video_token_id is not None:
