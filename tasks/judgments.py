@@ -189,7 +189,12 @@ def judge_chunk(self: Task[Any, Any], judgment_ids: list[int]) -> dict[str, int]
     res.claims.add(mine)
     try:  # one lookup of every user's context for the whole chunk
         contexts = chunk_contexts(res=res, judgment_ids=mine)
-    except DatabaseUnavailable:  # each judgment meets the outage itself, and waits
+    except SoftTimeLimitExceeded:  # nothing started yet: every row goes back to the queue
+        _release(res, mine, token)
+        return {JudgmentStatus.queued: len(mine)}
+    except Exception as exc:  # noqa: BLE001 - only a shortcut: each judgment looks its own up (and
+        # meets the error itself: an outage makes it wait, anything else is recorded on its row)
+        log.warning("chunk %s: contexts not looked up together (%s)", self.request.id, type(exc).__name__)
         contexts = ContextMemo()
 
     def one(judgment_id: int) -> str:

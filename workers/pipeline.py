@@ -204,13 +204,19 @@ def chunk_contexts(*, res: Resources, judgment_ids: Collection[int]) -> ContextM
         ): row
         for row in rows
     }
+    versions: dict[tuple[str, str | None], dict[str, str] | None] = {}
     for user_id, name, protocol in subjects:
         if user_id not in hashes:
             continue
-        try:
-            key = _context_key(user_id, _context_version(res.backend_for(name, protocol)))
-        except PigrewardError:  # an unknown backend, an unreachable model server: the judgment says
+        if (name, protocol) not in versions:  # once per backend: asking a model server costs requests
+            try:
+                versions[(name, protocol)] = _context_version(res.backend_for(name, protocol))
+            except PigrewardError:  # an unknown backend, an unreachable model server: each judgment says
+                versions[(name, protocol)] = None
+        version = versions[(name, protocol)]
+        if version is None:
             continue
+        key = _context_key(user_id, version)
         row = by_version.get((hashes[user_id], key))
         if row is not None:
             memo.entries[key] = (row, ContextData(rationales=row.rationales, payload=row.payload))
