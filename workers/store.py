@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import logging
 import os
 import ssl
 import stat
@@ -36,13 +37,17 @@ from core.errors import (
     StoreUnavailable,
 )
 
+log = logging.getLogger(__name__)
+
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket", "InvalidBucketName"}
 _FORBIDDEN_CODES = {"AccessDenied", "403", "AllAccessDisabled"}
 _NOT_MODIFIED_CODES = {"304", "NotModified"}  # a conditional GET of an unchanged object
 # Credentials problems are the operator's to fix (rotation, clock skew), not the input's: retried.
 # The request itself is malformed for this store (a key it cannot hold, a bad argument): retrying the
 # same location cannot help, so it is refused like a location outside the allowed ones.
-_INVALID_CODES = {"InvalidRequest", "InvalidArgument", "InvalidURI", "KeyTooLongError", "InvalidObjectName"}
+# Only codes about the key itself: InvalidRequest/InvalidArgument can also be the bucket's or the
+# operator's settings (SigV4 required, KMS), which are retried until fixed.
+_INVALID_CODES = {"InvalidURI", "KeyTooLongError", "InvalidObjectName"}
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "RequestTimeTooSkewed"}
 
 
@@ -77,6 +82,11 @@ def split_s3(uri: str) -> tuple[str, str]:
         raise ForbiddenLocation(f"malformed S3 URI {uri!r}: expected s3://bucket/key")
     if key.endswith("/"):  # a "folder": stores differ (empty object, NoSuchKey, a write that keeps nothing)
         raise ForbiddenLocation(f"{uri!r} names a folder, not an object")
+    if any(part in (".", "..") for part in key.split("/")) or any(ord(c) < 32 for c in key):
+        # stores disagree on these (AWS keeps them, others refuse or normalize): never a real image key
+        raise ForbiddenLocation(
+            f"{uri!r}: S3 keys with '.' or '..' segments or control characters are refused"
+        )
     return bucket, key
 
 
@@ -88,6 +98,9 @@ class Fetched:
     etag: str | None = None  # S3's ETag of these bytes (None for files)
 
 
+MAX_BUCKETS = 1024  # bucket URLs remembered for direct GETs
+MAX_ORIGINS = 64  # hosts with kept-alive connections; others are read through boto3
+REFUSALS_TO_FORGET = 3
 _SHAPE_STATUSES = {301, 307, 400, 403}
 """Answers that can mean a direct GET was shaped wrongly for its bucket (region, addressing style,
 auth kind): if boto3 then reads the same object, direct GETs stop for that bucket."""
@@ -181,6 +194,7 @@ class DirectGets:
         self._max_idle = max_connections
         self._origins: dict[tuple[str, str, int | None], _Origin] = {}
         self._urls: dict[str, tuple[_Origin, str] | None] = {}  # bucket -> (origin, path prefix) or None
+        self._refusals: dict[str, int] = {}  # bucket -> direct GETs refused where boto3's read worked
         self._lock = threading.Lock()
 
     def bucket_url(self, bucket: str) -> str:
@@ -207,6 +221,8 @@ class DirectGets:
         with self._lock:
             if bucket in self._urls:
                 return self._urls[bucket]
+            if len(self._urls) >= MAX_BUCKETS:  # bucket names come from users: keep the map bounded
+                self._urls.clear()
             target = None
             try:
                 parts = urlsplit(self.bucket_url(bucket))
@@ -214,7 +230,7 @@ class DirectGets:
                 parts = None
             if parts is not None and parts.hostname and not _proxied(parts.geturl()):
                 where = (parts.scheme, parts.hostname, parts.port)
-                if where not in self._origins:
+                if where not in self._origins and len(self._origins) < MAX_ORIGINS:
                     context = _tls_context() if parts.scheme == "https" else None
                     if parts.scheme == "http" or context is not None:
                         self._origins[where] = _Origin(parts.scheme, parts.hostname, parts.port, context)
@@ -223,10 +239,21 @@ class DirectGets:
             self._urls[bucket] = target
             return target
 
-    def forget(self, bucket: str) -> None:
-        """Read `bucket` through boto3 from now on (a direct GET was refused where boto3's was not)."""
+    def refused(self, bucket: str) -> None:
+        """A direct GET was refused where boto3's read of the same object worked: after
+        REFUSALS_TO_FORGET of those (not one: a credential rotation can refuse a request or two), the
+        bucket is read through boto3 from then on, and a WARNING says so."""
         with self._lock:
+            self._refusals[bucket] = self._refusals.get(bucket, 0) + 1
+            if self._refusals[bucket] < REFUSALS_TO_FORGET or self._urls.get(bucket) is None:
+                return
             self._urls[bucket] = None
+        log.warning(
+            "S3 bucket %r: direct GETs were refused %d times where boto3 read the objects; "
+            "reading it through boto3 from now on (slower)",
+            bucket,
+            REFUSALS_TO_FORGET,
+        )
 
     def get(self, bucket: str, key: str, etag: str | None, max_bytes: int) -> tuple[int, Fetched | None]:
         """(HTTP status or 0 for a network error, what was read if the answer was plain)."""
@@ -505,7 +532,7 @@ class ImageStore:
                 return found
         fetched = self._get_s3(client, bucket, key, etag)
         if direct is not None and status in _SHAPE_STATUSES:
-            direct.forget(bucket)  # boto3 reads what a direct GET was refused: its shape is wrong here
+            direct.refused(bucket)  # boto3 reads what a direct GET was refused: its shape may be wrong
         return fetched
 
     def _get_s3(self, client: Any, bucket: str, key: str, etag: str | None) -> Fetched:

@@ -5,6 +5,7 @@ cached picture; anything but a plain answer is read again through boto3."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from PIL import Image
 from core.errors import ImageNotFound, ImageTooLarge
 from workers import imaging
 from workers.imaging import ImageLimits, ImageLoader
-from workers.store import Fetched, ImageStore, StoreConfig, _SigV4
+from workers.store import REFUSALS_TO_FORGET, Fetched, ImageStore, StoreConfig, _SigV4
 
 FIXED = dt.datetime(2026, 3, 4, 5, 6, 7)
 
@@ -116,7 +117,12 @@ def test_anything_but_a_plain_answer_is_boto3s_to_classify(
 
 
 def test_a_bucket_whose_direct_gets_are_refused_is_read_through_boto3_from_then_on(
-    seaweed_endpoint: str, seaweed: Any, new_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seaweed_endpoint: str,
+    seaweed: Any,
+    new_bucket: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     bucket = new_bucket("refused")
     seaweed.put_object(Bucket=bucket, Key="a.png", Body=b"aaa")
@@ -124,8 +130,17 @@ def test_a_bucket_whose_direct_gets_are_refused_is_read_through_boto3_from_then_
     assert store.read(f"s3://{bucket}/a.png") == b"aaa"
     assert store._direct is not None
     monkeypatch.setattr(store._direct, "get", lambda *_: (400, None))  # e.g. a region the URL did not say
-    assert store.read(f"s3://{bucket}/a.png") == b"aaa"  # boto3 read it
+    with caplog.at_level(logging.WARNING, logger="workers.store"):
+        for _ in range(REFUSALS_TO_FORGET - 1):  # a refusal or two (a credential rotation) is forgiven
+            assert store.read(f"s3://{bucket}/a.png") == b"aaa"  # boto3 read it
+            assert store._direct._urls[bucket] is not None
+        assert not caplog.records
+        assert store.read(f"s3://{bucket}/a.png") == b"aaa"
     assert store._direct._urls[bucket] is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"S3 bucket {bucket!r}: direct GETs were refused {REFUSALS_TO_FORGET} times where boto3 read the "
+        "objects; reading it through boto3 from now on (slower)"
+    ]
 
 
 def test_a_kept_alive_connection_closed_meanwhile_is_replaced(

@@ -279,7 +279,15 @@ def test_write_file_refuses_symlink_escape(store: ImageStore, root: Path, tmp_pa
 
 def test_split_s3() -> None:
     assert split_s3("s3://bucket/a/b/c.png") == ("bucket", "a/b/c.png")
-    for bad in ("s3://", "s3://bucket", "s3://bucket/", "s3:///key", "s3://bucket/dir/"):
+    for bad in (
+        "s3://",
+        "s3://bucket",
+        "s3://bucket/",
+        "s3:///key",
+        "s3://bucket/dir/",
+        "s3://b/./k",
+        "s3://b/k\x00",
+    ):
         with pytest.raises(ForbiddenLocation):
             split_s3(bad)
 
@@ -473,8 +481,9 @@ def test_s3_body_cut_short_is_transient_not_a_corrupt_image(tmp_path: Path) -> N
 def test_s3_locations_the_store_cannot_hold_are_refused_not_retried(
     s3: S3, tmp_path: Path, own_client: bool
 ) -> None:
-    """A key S3 refuses as malformed (`..` segments on SeaweedFS), a bucket name boto3 refuses, or a
-    "folder" key: retrying the same location cannot help, so each is a permanent refusal."""
+    """A key with `..` segments (stores disagree: SeaweedFS answers InvalidRequest, AWS keeps it), a
+    bucket name boto3 refuses, or a "folder" key: retrying the same location cannot help, so each is
+    a permanent refusal."""
     if own_client:  # direct signed GETs first, boto3 for anything but a plain answer
         config = StoreConfig(
             image_root=tmp_path,
@@ -485,7 +494,7 @@ def test_s3_locations_the_store_cannot_hold_are_refused_not_retried(
         s = ImageStore(config)
     else:
         s = ImageStore(StoreConfig(image_root=tmp_path), s3_client=s3.client)
-    with pytest.raises(ForbiddenLocation, match="InvalidRequest"):
+    with pytest.raises(ForbiddenLocation, match="'..' segments"):
         s.read(f"s3://{s3.imgs}/a/../dir/a.png")
     with pytest.raises(ForbiddenLocation, match="malformed S3 location"):
         s.read("s3://bad bucket/a.png")
