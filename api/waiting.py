@@ -21,24 +21,29 @@ CACHE_S = 10.0
 
 
 class QueueWatch:
-    """`no_consumer_hint` for a queue, cached for CACHE_S; errors give no warning (a read never fails)."""
+    """`no_consumer_hint` for a queue, cached for CACHE_S. One request at a time asks the broker;
+    others meanwhile get the cached answer (None at first) instead of waiting on it, so a slow or
+    unreachable broker never holds batch reads up. Errors give no warning (a read never fails)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._asking = threading.Lock()
         self._cached: dict[str, tuple[float, str | None]] = {}
 
     def hint(self, queue: str) -> str | None:
-        with self._lock:
-            now = time.monotonic()
-            cached = self._cached.get(queue)
-            if cached is not None and now - cached[0] < CACHE_S:
-                return cached[1]
+        cached = self._cached.get(queue)
+        if cached is not None and time.monotonic() - cached[0] < CACHE_S:
+            return cached[1]
+        if not self._asking.acquire(blocking=False):
+            return cached[1] if cached else None
+        try:
             try:
                 line = no_consumer_hint(waiting_without_consumer(celery_app, [queue]))
             except Exception:  # noqa: BLE001 - broker trouble is /readyz's to report
                 line = None
-            self._cached[queue] = (now, line)
+            self._cached[queue] = (time.monotonic(), line)
             return line
+        finally:
+            self._asking.release()
 
 
 WATCH = QueueWatch()

@@ -44,11 +44,19 @@ class Part:
 
     name: str
     argv: list[str]
-    ready: Callable[[Path], bool]  # given its log file
+    ready: Callable[[bytes], bool]  # given what its log gained since it started
     url: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    log_start: int = 0  # the log's size when this run started: older lines say nothing about it
     _out: IO[bytes] | None = field(default=None, repr=False)
+
+    def new_log(self) -> bytes:
+        if self.log is None or not self.log.exists():
+            return b""
+        with self.log.open("rb") as fh:
+            fh.seek(self.log_start)
+            return fh.read()
 
 
 WORKER_QUEUES = ("context,judge", "optimize", "bulk")
@@ -56,12 +64,12 @@ WORKER_QUEUES = ("context,judge", "optimize", "bulk")
 interactive judgments; together they consume every queue."""
 
 
-def _logged(text: bytes) -> Callable[[Path], bool]:
-    return lambda log: log.exists() and text in log.read_bytes()
+def _logged(text: bytes) -> Callable[[bytes], bool]:
+    return lambda new: text in new
 
 
-def _http_ok(url: str) -> Callable[[Path], bool]:
-    def check(_log: Path) -> bool:
+def _http_ok(url: str) -> Callable[[bytes], bool]:
+    def check(_new: bytes) -> bool:
         import httpx
 
         try:
@@ -111,13 +119,18 @@ class Supervisor:
         for part in self.parts:
             part.log = self.logs / f"{part.name.replace(' ', '-').replace(',', '-')}.log"
             part._out = part.log.open("ab")
+            part.log_start = part._out.tell()
             part.proc = subprocess.Popen(
-                part.argv, stdout=part._out, stderr=subprocess.STDOUT, start_new_session=True
+                part.argv,
+                stdout=part._out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + ready_timeout_s
         for part in self.parts:
             assert part.proc is not None and part.log is not None
-            while not part.ready(part.log):
+            while not part.ready(part.new_log()):
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise PartFailed(
@@ -142,32 +155,49 @@ class Supervisor:
     def _tail(part: Part) -> str:
         if part.log is None or not part.log.exists():
             return "no log"
-        lines = part.log.read_text(errors="replace").strip().splitlines()[-5:]
+        lines = part.new_log().decode(errors="replace").strip().splitlines()[-5:]
         return f"last lines of {part.log}:\n    " + "\n    ".join(lines)
 
     def stop(self, timeout_s: float = 60.0) -> list[str]:
-        """SIGTERM every part's process group (the API first, so no new work comes in), wait up to
-        `timeout_s` in all, SIGKILL what is left; one summary line per part."""
-        started = [p for p in reversed(self.parts) if p.proc is not None]
-        for part in started:
-            _signal_group(part, signal.SIGTERM)
+        """Stop the API first (no new work comes in), then everything else at once (workers finish
+        what they hold, Celery's warm shutdown); SIGKILL what is left after `timeout_s` in all, and
+        any process left in a part's group. One summary line per part."""
         deadline = time.monotonic() + timeout_s
-        lines = []
-        for part in started:
-            assert part.proc is not None
-            try:
-                code = part.proc.wait(max(0.1, deadline - time.monotonic()))
-                # uvicorn re-raises the SIGTERM it shut down on: a signal exit here is a clean stop
-                how = f"exit {code}" if code >= 0 else f"stopped by {signal.Signals(-code).name}"
-            except subprocess.TimeoutExpired:
-                _signal_group(part, signal.SIGKILL)
-                code = part.proc.wait(10)
-                how = f"killed after {timeout_s:.0f}s"
-            _signal_group(part, signal.SIGKILL)  # any pool child left behind by its parent
-            if part._out is not None:
-                part._out.close()
-            lines.append(f"  stopped {part.name:<21} {how}")
+        started = [p for p in reversed(self.parts) if p.proc is not None]
+        front = [p for p in started if p.name == "api"]
+        lines = [self._stop(p, deadline) for p in front]
+        rest = [p for p in started if p not in front]
+        for part in rest:
+            _signal_group(part, signal.SIGTERM)
+        lines += [self._stop(p, deadline, signalled=True) for p in rest]
         return lines
+
+    def _stop(self, part: Part, deadline: float, signalled: bool = False) -> str:
+        assert part.proc is not None
+        if not signalled:
+            _signal_group(part, signal.SIGTERM)
+        try:
+            code = part.proc.wait(max(0.1, deadline - time.monotonic()))
+            # uvicorn re-raises the SIGTERM it shut down on: a signal exit here is a clean stop
+            how = f"exit {code}" if code >= 0 else f"stopped by {signal.Signals(-code).name}"
+        except subprocess.TimeoutExpired:
+            _signal_group(part, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                part.proc.wait(10)
+            how = "killed (did not stop in time)"
+        _signal_group(part, signal.SIGKILL)  # any pool child left behind by its parent
+        if part._out is not None:
+            part._out.close()
+        return f"  stopped {part.name:<21} {how}"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the supervisor dies without stopping it (kill -9, a
+    crash), so no part outlives `pigreward up` (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _signal_group(part: Part, sig: signal.Signals) -> None:

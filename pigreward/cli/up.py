@@ -75,7 +75,8 @@ def up(
     parts = plan(deployment)
     click.echo(f"starting {len(parts)} parts (logs in {folder})", err=True)
     supervisor = Supervisor(parts, folder, lambda line: click.echo(line, err=True))
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the terminal closing: stop cleanly too
+        signal.signal(sig, _interrupt)
     code = 0
     try:
         supervisor.start()
@@ -93,7 +94,8 @@ def up(
         click.echo("stopping the other parts...", err=True)
         code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
         for line in supervisor.stop(stop_timeout):
             click.echo(line, err=True)
     click.echo("stopped: no part left running" if code == 0 else "stopped after a failure", err=True)

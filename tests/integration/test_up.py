@@ -200,3 +200,48 @@ def test_one_command_runs_every_part_and_ctrl_c_stops_them_all(tmp_path: Path) -
         left = [pid for pid in children if _alive(pid)]
         assert left == [], f"left behind: {left}\n{said()}"
         assert "Traceback" not in said()
+
+
+def test_a_part_that_dies_stops_the_rest_and_says_why(tmp_path: Path) -> None:
+    """The API cannot bind its port (taken): `pigreward up` names the part and its last log lines,
+    stops the others and exits 1, leaving no process behind."""
+    import socket
+
+    with (
+        services.redis_server(tmp_path) as redis_url,
+        services.postgres_database() as database_url,
+        socket.socket() as taken,
+    ):
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PIGREWARD_")},
+            **services.stack_env(
+                redis_url=redis_url,
+                database_url=database_url,
+                s3_endpoint="http://127.0.0.1:9",  # never reached: nothing is judged
+                image_root=tmp_path,
+                data_dir=tmp_path / "data",
+            ),
+        }
+        up = subprocess.Popen(
+            [sys.executable, "-m", "pigreward.cli", "up", "--api-port", str(taken.getsockname()[1])]
+            + ["--flower-port", str(free_port()), "--no-beat", "--logs", str(tmp_path / "logs")],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        children: set[int] = set()
+        deadline = time.monotonic() + 120
+        while up.poll() is None and time.monotonic() < deadline:
+            children |= _descendants(up.pid)
+            time.sleep(0.2)
+        out = up.communicate(timeout=120)[0]
+    assert up.returncode == 1, out
+    assert "error: api exited with" in out and "address already in use" in out.lower(), out
+    assert "stopped after a failure" in out and "Traceback" not in out.split("last lines")[0]
+    assert len(children) >= 4, children  # three workers and Flower were running
+    time.sleep(0.5)
+    assert [pid for pid in children if _alive(pid)] == []
