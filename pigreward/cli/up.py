@@ -12,6 +12,7 @@ import click
 
 from core.settings import get_settings
 from models.db import upgrade
+from ops.flower import PASSWORD_ENV, USER_ENV, is_loopback
 from ops.single_host import Deployment, PartFailed, Supervisor, plan
 
 
@@ -51,13 +52,9 @@ def up(
             "pigreward up runs separate processes: set PIGREWARD_BROKER_URL=redis://HOST:6379/0 (and "
             "PIGREWARD_DATABASE_URL, PIGREWARD_S3_*); on the embedded default use `pigreward api` alone"
         )
-    flower_auth = bool(
-        os.environ.get("PIGREWARD_FLOWER_USER") and os.environ.get("PIGREWARD_FLOWER_PASSWORD")
-    )
-    if not no_flower and not flower_auth and host not in ("127.0.0.1", "localhost", "::1"):
-        raise click.UsageError(
-            f"Flower on {host} needs PIGREWARD_FLOWER_USER and PIGREWARD_FLOWER_PASSWORD (or --no-flower)"
-        )
+    flower_auth = bool(os.environ.get(USER_ENV) and os.environ.get(PASSWORD_ENV))
+    if not no_flower and not flower_auth and not is_loopback(host):
+        raise click.UsageError(f"Flower on {host} needs {USER_ENV} and {PASSWORD_ENV} (or --no-flower)")
     upgrade(settings.resolved_database_url)
     folder = logs or settings.data_dir / "logs"
     deployment = Deployment(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ops.stack import REPO, free_port, wait_until
+from tests.integration.conftest import png_bytes
 
 
 def run_cli(
@@ -398,9 +398,7 @@ def test_db_current_history_and_downgrade(tmp_path: Path) -> None:
 def _png(color: tuple[int, int, int]) -> bytes:
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), color).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(Image.new("RGB", (64, 64), color))
 
 
 def test_api_on_the_embedded_default_judges_in_process(tmp_path: Path) -> None:

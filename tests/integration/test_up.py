@@ -4,7 +4,6 @@ lists every worker under its own name; Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 from ops import stack as services
 from ops.stack import REPO, free_port, wait_until
+from tests.integration.conftest import png_bytes
 
 pytestmark = pytest.mark.slow
 BUCKET = "pigreward-up"
@@ -26,9 +26,7 @@ BUCKET = "pigreward-up"
 def _png(color: tuple[int, int, int]) -> bytes:
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.new("RGB", (96, 96), color).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(Image.new("RGB", (96, 96), color))
 
 
 def _descendants(pid: int) -> set[int]:

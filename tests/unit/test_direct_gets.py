@@ -67,6 +67,14 @@ def _store(endpoint: str, root: Path, **config: Any) -> ImageStore:
     )
 
 
+def _read_once(endpoint: str, seaweed: Any, bucket: str, root: Path) -> tuple[str, ImageStore]:
+    """`bucket` holding a.png (b"aaa"), and a store that has read it once (directly)."""
+    seaweed.put_object(Bucket=bucket, Key="a.png", Body=b"aaa")
+    store = _store(endpoint, root)
+    assert store.read(f"s3://{bucket}/a.png") == b"aaa"
+    return bucket, store
+
+
 def _boto3_reads(store: ImageStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The keys the store reads through boto3 from now on (the direct GETs' fallback)."""
     reads: list[str] = []
@@ -124,10 +132,7 @@ def test_a_bucket_whose_direct_gets_are_refused_is_read_through_boto3_from_then_
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bucket = new_bucket("refused")
-    seaweed.put_object(Bucket=bucket, Key="a.png", Body=b"aaa")
-    store = _store(seaweed_endpoint, tmp_path)
-    assert store.read(f"s3://{bucket}/a.png") == b"aaa"
+    bucket, store = _read_once(seaweed_endpoint, seaweed, new_bucket("refused"), tmp_path)
     assert store._direct is not None
     monkeypatch.setattr(store._direct, "get", lambda *_: (400, None))  # e.g. a region the URL did not say
     with caplog.at_level(logging.WARNING, logger="workers.store"):
@@ -146,10 +151,7 @@ def test_a_bucket_whose_direct_gets_are_refused_is_read_through_boto3_from_then_
 def test_a_kept_alive_connection_closed_meanwhile_is_replaced(
     seaweed_endpoint: str, seaweed: Any, new_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bucket = new_bucket("stale")
-    seaweed.put_object(Bucket=bucket, Key="a.png", Body=b"aaa")
-    store = _store(seaweed_endpoint, tmp_path)
-    assert store.read(f"s3://{bucket}/a.png") == b"aaa"
+    bucket, store = _read_once(seaweed_endpoint, seaweed, new_bucket("stale"), tmp_path)
     assert store._direct is not None
     target = store._direct._urls[bucket]
     assert target is not None
