@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     image_cache_mb: int = Field(
         1024, ge=0, description="Decoded images kept per worker process (448x448 RGB: ~0.8 MB each)."
     )
+    decoded_cache_mb: int = Field(
+        2048,
+        ge=0,
+        description="Normalized pictures shared by a host's worker processes, in data_dir/decoded "
+        "(448x448: ~0.6 MB each; 0: off, each process decodes every picture itself).",
+    )
     image_uri_ttl_s: float = Field(
         0.0,
         ge=0,

@@ -12,6 +12,7 @@ from core.settings import Settings
 from workers.backends import BackendConfig
 from workers.backends.hf_config import HFEngineConfig
 from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
+from workers.decoded import DecodedFolder
 from workers.generation import Sampling
 from workers.imaging import ImageLimits, ImageLoader
 from workers.optimization.generators import (
@@ -54,6 +55,18 @@ def image_loader(settings: Settings) -> ImageLoader:
         image_limits(settings),
         cache_bytes=settings.image_cache_mb * 1024 * 1024,
         uri_ttl_s=settings.image_uri_ttl_s,
+        shared=decoded_folder(settings),
+    )
+
+
+def decoded_folder(settings: Settings) -> DecodedFolder | None:
+    """The host's folder of normalized pictures, or None when `decoded_cache_mb` is 0."""
+    if settings.decoded_cache_mb <= 0:
+        return None
+    return DecodedFolder(
+        settings.data_dir / "decoded",
+        max_bytes=settings.decoded_cache_mb * 1024 * 1024,
+        pixel_budget=settings.pixel_budget,
     )
 
 

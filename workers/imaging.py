@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import ImageTooLarge, ImageUnreadable, InvalidRequest
+from workers.decoded import DecodedFolder, DecodedPicture
 from workers.store import ImageStore
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -217,6 +218,10 @@ class ImageLoader:
     written once (one key per generated image), and off by default because an overwritten key would
     be judged from its old content until the TTL ends. The ledger keeps the sha256 of what was
     judged either way.
+
+    With `shared` (a `DecodedFolder`), a picture missing here is looked for in the host's folder of
+    normalized pictures before it is decoded, and kept there once decoded, so a host's N worker
+    processes decode each picture once between them instead of N times.
     """
 
     def __init__(
@@ -226,8 +231,10 @@ class ImageLoader:
         cache_size: int = 100_000,
         cache_bytes: int = 1024 * 1024 * 1024,
         uri_ttl_s: float = 0.0,
+        shared: DecodedFolder | None = None,
     ) -> None:
         self.store = store
+        self.shared = shared
         self.limits = limits
         self.cache_size = cache_size
         self.cache_bytes = cache_bytes
@@ -259,7 +266,7 @@ class ImageLoader:
         hit = self._cached(digest, uri, read_at, fetched.etag)
         if hit is not None:
             return hit
-        image = normalize(data, uri, self.limits)
+        image = self._normalize(data, digest, uri)
         with self._lock:
             if digest not in self._cache:
                 self._cache[digest] = image
@@ -268,6 +275,38 @@ class ImageLoader:
             while self._cache and (len(self._cache) > self.cache_size or self._held > self.cache_bytes):
                 _, old = self._cache.popitem(last=False)
                 self._held -= _decoded_bytes(old)
+        return image
+
+    def _normalize(self, data: bytes, digest: str, uri: str) -> NormalizedImage:
+        """`normalize`, or its result as another process of this host left it in `shared`."""
+        if self.shared is None:
+            return normalize(data, uri, self.limits)
+        kept = self.shared.get(digest)
+        if (
+            kept is not None
+            and kept.size_bytes == len(data)
+            and kept.width * kept.height <= self.limits.max_pixels
+        ):
+            return NormalizedImage(
+                sha256=digest,
+                uri=uri,
+                width=kept.width,
+                height=kept.height,
+                format=kept.format,
+                size_bytes=kept.size_bytes,
+                image=kept.image,
+            )
+        image = normalize(data, uri, self.limits)
+        self.shared.put(
+            digest,
+            DecodedPicture(
+                width=image.width,
+                height=image.height,
+                format=image.format,
+                size_bytes=image.size_bytes,
+                image=image.image,
+            ),
+        )
         return image
 
     def _etag_of(self, uri: str) -> tuple[str, str] | None:
