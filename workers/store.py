@@ -14,7 +14,10 @@ the rest of a judgment's orchestration; anything but a plain answer is read agai
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
+import hashlib
+import hmac
 import http.client
 import logging
 import os
@@ -115,22 +118,57 @@ class _Stop(Exception):
 
 
 class _SigV4:
-    """Signs the one request `DirectGets` makes (GET, no query string) with botocore's own S3 SigV4
-    signer (~0.1 ms), using the session's possibly refreshing credentials, frozen per request."""
+    """Signs the one request `DirectGets` makes (GET, no query string, empty body) with AWS SigV4 as
+    botocore's S3 signer does (a test checks them equal), with the day's signing key kept: ~30 us
+    against botocore's ~250 us, half of a conditional GET's CPU. Credentials are read per request
+    (they may refresh)."""
 
     def __init__(self, credentials: Any, region: str) -> None:
         self._credentials = credentials
         self._region = region
+        self._key: tuple[tuple[str, str], bytes] | None = None  # (secret, day) -> signing key
 
     def headers(self, host: str, path: str) -> dict[str, str]:
         """The headers that authorize `GET path` on `host` (as sent in the Host header) now."""
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
+        creds = self._credentials.get_frozen_credentials()
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        day = stamp[:8]
+        headers = {"x-amz-content-sha256": _EMPTY_SHA256, "x-amz-date": stamp}
+        if creds.token:
+            headers["x-amz-security-token"] = creds.token
+        signed = {"host": host, **headers}
+        names = sorted(signed)
+        canonical = "\n".join(
+            [
+                "GET",
+                path,  # S3 signs the path as sent (already percent-encoded), not normalized
+                "",  # no query string
+                "".join(f"{n}:{' '.join(signed[n].split())}\n" for n in names),
+                ";".join(names),
+                _EMPTY_SHA256,
+            ]
+        )
+        scope = f"{day}/{self._region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(creds.secret_key, day), to_sign.encode(), "sha256").hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
+            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+        )
+        return headers  # http.client sends Host itself, from the connection's host and port
 
-        request = AWSRequest(method="GET", url=f"http://{host}{path}")  # the scheme is not signed
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-        # http.client sends Host itself, from the connection's host and port
-        return {k.lower(): v for k, v in request.headers.items() if k.lower() != "host"}
+    def _signing_key(self, secret: str, day: str) -> bytes:
+        kept = self._key
+        if kept is not None and kept[0] == (secret, day):
+            return kept[1]
+        key = f"AWS4{secret}".encode()
+        for part in (day, self._region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), "sha256").digest()
+        self._key = ((secret, day), key)
+        return key
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class _Origin:

@@ -55,6 +55,34 @@ def test_the_signature_is_botocores(token: str | None, host: str, path: str) -> 
     assert ours.get("x-amz-security-token") == request.headers.get("X-Amz-Security-Token")
 
 
+def test_the_kept_signing_key_follows_the_day_and_the_credentials() -> None:
+    """One signer over midnight and a credential rotation: each request still signs as botocore does."""
+    creds = Credentials("AKIDEXAMPLE", "secret-one")
+    signer = _SigV4(creds, "us-east-1")
+    host, path = "127.0.0.1:8333", "/b/k.png"
+    for when, secret in (
+        (dt.datetime(2026, 3, 4, 23, 59, 59), "secret-one"),
+        (dt.datetime(2026, 3, 5, 0, 0, 1), "secret-one"),  # the next day: a new key
+        (dt.datetime(2026, 3, 5, 0, 0, 2), "secret-two"),  # rotated: a new key the same day
+    ):
+        creds.secret_key = secret
+
+        class Clock(_FrozenClock):
+            @classmethod
+            def utcnow(cls) -> dt.datetime:
+                return when
+
+            @classmethod
+            def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:
+                return when.replace(tzinfo=tz)
+
+        request = AWSRequest(method="GET", url=f"http://{host}{path}")
+        with mock.patch("botocore.auth.datetime.datetime", Clock):
+            S3SigV4Auth(creds, "s3", "us-east-1").add_auth(request)
+            ours = signer.headers(host, path)
+        assert ours["authorization"] == request.headers["Authorization"]
+
+
 def _store(endpoint: str, root: Path, **config: Any) -> ImageStore:
     return ImageStore(
         StoreConfig(
