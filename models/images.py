@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlmodel import Session
 
-from models.tables import ImageRecord, id_of
+from models.tables import ImageRecord
 from models.upsert import insert_ignore
+
+_IMAGES = ImageRecord.__table__  # type: ignore[attr-defined]  # set on table=True models
+_ID_OF = sa.select(_IMAGES.c.id).where(_IMAGES.c.sha256 == sa.bindparam("sha256"))
 
 
 def upsert_image(
@@ -21,4 +25,4 @@ def upsert_image(
         "size_bytes": size_bytes,
     }
     insert_ignore(session, ImageRecord, [row], ["sha256"])
-    return id_of(session.exec(select(ImageRecord).where(ImageRecord.sha256 == sha256)).one())
+    return int(session.execute(_ID_OF, {"sha256": sha256}).scalar_one())
