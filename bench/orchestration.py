@@ -14,8 +14,9 @@ reference the pipeline is compared with.
     python -m bench.orchestration --uri-ttl 3600                   # write-once keys: S3 read once per image
 
 `--store file` serves the same PNGs as file:// URIs (no S3 client or server work). Every image
-fits the worker's decoded-image cache (PIGREWARD_IMAGE_CACHE_MB, 1 GiB), so each is decoded once per
-process; by default every load still asks S3 (keys may be overwritten: a GET conditional on the
+fits the worker's decoded-image cache (PIGREWARD_IMAGE_CACHE_MB, 1 GiB), and each is decoded once per
+host: the pool processes share normalized pictures through data_dir/decoded
+(PIGREWARD_DECODED_CACHE_MB; 0 turns it off, to measure without it); by default every load still asks S3 (keys may be overwritten: a GET conditional on the
 cached picture's ETag, answered 304 while the object is unchanged), and `--uri-ttl` sets
 PIGREWARD_IMAGE_URI_TTL_S, which trusts a URI read that recently without asking.
 
