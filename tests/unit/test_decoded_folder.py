@@ -125,7 +125,11 @@ def test_a_lower_pixel_limit_still_refuses_a_kept_picture(images: Path, tmp_path
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_a_damaged_file_is_deleted_and_the_picture_decoded_again(
-    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: str
+    images: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
 ) -> None:
     folder = tmp_path / "decoded"
     good = _loader(images, folder).load("big.png").image.tobytes()

@@ -55,6 +55,19 @@ def test_the_signature_is_botocores(token: str | None, host: str, path: str) -> 
     assert ours.get("x-amz-security-token") == request.headers.get("X-Amz-Security-Token")
 
 
+def _clock_at(when: dt.datetime) -> type[dt.datetime]:
+    class Clock(_FrozenClock):
+        @classmethod
+        def utcnow(cls) -> dt.datetime:
+            return when
+
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:
+            return when.replace(tzinfo=tz)
+
+    return Clock
+
+
 def test_the_kept_signing_key_follows_the_day_and_the_credentials() -> None:
     """One signer over midnight and a credential rotation: each request still signs as botocore does."""
     creds = Credentials("AKIDEXAMPLE", "secret-one")
@@ -66,18 +79,8 @@ def test_the_kept_signing_key_follows_the_day_and_the_credentials() -> None:
         (dt.datetime(2026, 3, 5, 0, 0, 2), "secret-two"),  # rotated: a new key the same day
     ):
         creds.secret_key = secret
-
-        class Clock(_FrozenClock):
-            @classmethod
-            def utcnow(cls) -> dt.datetime:
-                return when
-
-            @classmethod
-            def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:
-                return when.replace(tzinfo=tz)
-
         request = AWSRequest(method="GET", url=f"http://{host}{path}")
-        with mock.patch("botocore.auth.datetime.datetime", Clock):
+        with mock.patch("botocore.auth.datetime.datetime", _clock_at(when)):
             S3SigV4Auth(creds, "s3", "us-east-1").add_auth(request)
             ours = signer.headers(host, path)
         assert ours["authorization"] == request.headers["Authorization"]
