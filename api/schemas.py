@@ -10,6 +10,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from core.enums import JudgmentStatus, Winner
 from core.requests import ApiImageUri, BackendName, ExternalId, JudgmentRequest, Name, Prompt, ProtocolName
 from models.tables import Batch, DimensionScore, EndUser, Judgment
+from workers.quality import ContextQuality
 
 
 class ErrorOut(BaseModel):
@@ -91,6 +92,11 @@ class ContextPublic(BaseModel):
     reference_count: int
     rationales: list[str]
     payload: dict[str, Any]
+    quality: ContextQuality | None = Field(
+        None,
+        description="Leave-one-out check on the user's own references (None: not computed; see "
+        "PIGREWARD_CONTEXT_QUALITY): accuracy, agreement of both orders, flagged rationales.",
+    )
     created_at: datetime
 
 
@@ -132,6 +138,14 @@ class JudgmentPublic(BaseModel):
     attempts: int
     usage: dict[str, int]
     timings: dict[str, float]
+    confidence: float | None = Field(
+        None,
+        description="Probability that the user prefers `winner`: calibrated for this backend and model "
+        "version when `calibration_version` is set, else the raw value. None without a stated winner.",
+    )
+    confidence_raw: float | None = None
+    calibration_version: str | None = None
+    confidence_signals: dict[str, Any] | None = None
     batch_id: int | None
     created_at: datetime
     finished_at: datetime | None

@@ -98,7 +98,24 @@ class Settings(BaseSettings):
     swap: bool | None = Field(
         None, description="Judge both orders by default (None: on for LVLM backends, off for lite)."
     )
+    context_quality: bool | None = Field(
+        None,
+        description="Check each new context on the user's own references, each held out in turn (one "
+        "judgment per reference, two with both orders): its leave-one-out accuracy, shown with the context "
+        "and used by calibrated confidence. None: on for lite, off for LVLM backends.",
+    )
+    calibration_refresh_s: float = Field(
+        60.0, gt=0, description="Workers look for a newer calibration of their judge this often."
+    )
     judge_max_tokens: int = Field(512, description="Token limit of one judge answer.")
+    judge_top_logprobs: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="Ask the judge server for the log-probabilities of each answer token and this many "
+        "alternatives (OpenAI `logprobs`/`top_logprobs`); the verdict token's feed the verdict confidence. "
+        "0: do not ask (confidence then comes from the score margin).",
+    )
     reasoner_max_tokens: int = Field(256, description="Token limit of one rationale.")
     temperature: float = Field(0.0, description="Sampling temperature (0 = greedy, repeatable).")
     top_p: float = 1.0

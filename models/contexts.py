@@ -93,6 +93,7 @@ def save_context(
     rationales: list[str],
     payload: dict[str, Any],
     build_seconds: float,
+    quality: dict[str, Any] | None = None,
 ) -> UserContext:
     """Store a freshly built context; if a concurrent worker stored the same version first, keep theirs."""
     row = {
@@ -107,6 +108,7 @@ def save_context(
         "rationales": rationales,
         "payload": payload,
         "build_seconds": build_seconds,
+        "quality": quality,
     }
     insert_ignore(session, UserContext, [row], _VERSION_COLUMNS)
     stmt = select(UserContext).where(*[getattr(UserContext, c) == row[c] for c in _VERSION_COLUMNS])

@@ -74,6 +74,10 @@ VERDICT_COLUMNS = (
     "swap",
     "timings",
     "usage",
+    "confidence",
+    "confidence_raw",
+    "calibration_version",
+    "confidence_signals",
 )
 """The judgment columns a verdict writes; a re-scoring archives exactly these before replacing them."""
 
@@ -100,6 +104,10 @@ class VerdictRecord(BaseModel):
     swap: bool = False
     timings: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, int] = Field(default_factory=dict)
+    confidence: float | None = None
+    confidence_raw: float | None = None
+    calibration_version: str | None = None
+    confidence_signals: dict[str, Any] | None = None
 
 
 def record_judgments(
@@ -288,8 +296,11 @@ def list_judgments(
     status: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    min_confidence: float | None = None,
 ) -> list[Judgment]:
     stmt = select(Judgment).where(Judgment.tenant_id == tenant_id)
+    if min_confidence is not None:  # rows without a confidence (tie, invalid, unfinished) drop out
+        stmt = stmt.where(col(Judgment.confidence) >= min_confidence)
     if user is not None:
         stmt = stmt.where(Judgment.user_ref == user)
     if batch_id is not None:

@@ -147,6 +147,8 @@ def export_pairs(*, session: Session, run_id: int) -> list[dict[str, Any]]:
                 "round": pair.round,
                 "judgment_id": pair.judgment_id,
                 "judge_model": judgment.judge_model if judgment else None,
+                "confidence": judgment.confidence if judgment else None,
+                "calibration_version": judgment.calibration_version if judgment else None,
             }
         )
     return rows

@@ -152,6 +152,9 @@ class UserContext(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_type=sa.Text)
     build_seconds: float | None = None
+    # leave-one-out check of the context on the user's own references (workers.quality.ContextQuality);
+    # None where it was not computed (PIGREWARD_CONTEXT_QUALITY off, or fewer than 2 references)
+    quality: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = _ts()
 
 
@@ -222,6 +225,12 @@ class Judgment(SQLModel, table=True):
     flagged_at: datetime | None = _ts(nullable=True)  # a person asked for it to be judged again
     timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     usage: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # probability that the user prefers the stated winner (calibrated where a calibration of this
+    # backend and model version exists); None when no winner is stated (tie, inconsistent, invalid)
+    confidence: float | None = Field(default=None, index=True)
+    confidence_raw: float | None = None
+    calibration_version: str | None = Field(default=None, max_length=200)  # None: uncalibrated
+    confidence_signals: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = _ts()
     started_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True)
@@ -253,6 +262,23 @@ class ReconcileState(SQLModel, table=True):
     broker_epoch: str | None = Field(default=None, max_length=64)
     sweeps: int = 0  # sweeps done so far
     resent: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # by reason
+
+
+class CalibrationRecord(SQLModel, table=True):
+    """A fitted confidence calibration (workers.calibration.Calibration) for one backend and model
+    version; the newest one of a version is the one applied."""
+
+    __tablename__ = "calibration"
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=200, unique=True)
+    backend: str = Field(max_length=32)
+    model_id: str = Field(max_length=200)
+    model_revision: str = Field(max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    pairs: int = 0
+    source: str = Field(max_length=200)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts()
 
 
 class JudgmentHistory(SQLModel, table=True):

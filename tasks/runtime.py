@@ -23,6 +23,7 @@ from workers.backends import Backend, create_backend
 from workers.claims import renew
 from workers.pipeline import Resources, database_errors
 from workers.recovery import Backoff
+from workers.trust import CalibrationBook
 
 _lock = threading.Lock()
 _db: Engine | None = None
@@ -66,6 +67,8 @@ def get_resources() -> Resources:
                     settings.retry_backoff_s, settings.retry_backoff_max_s, settings.retry_horizon_s
                 ),
                 events=metrics.OBSERVER,
+                context_quality=settings.context_quality,
+                calibrations=CalibrationBook(settings.calibration_refresh_s),
             )
             _start_heartbeat(_resources)
         return _resources

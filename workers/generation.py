@@ -86,6 +86,15 @@ class GenerationRequest:
     role: Literal["judge", "reasoner"] = "judge"
     json_schema: dict[str, Any] | None = None  # enforce this JSON schema (response_format)
     grammar: Grammar | None = None  # enforce this grammar (SGLang `ebnf`/`regex`; xgrammar in-process)
+    top_logprobs: int = 0  # > 0: ask for each answer token's log-probability and this many alternatives
+
+
+class TokenLogprob(BaseModel):
+    """One answer token as OpenAI-compatible servers report it (`choices[0].logprobs.content[i]`)."""
+
+    token: str
+    logprob: float
+    top_logprobs: dict[str, float] = Field(default_factory=dict)
 
 
 class Generation(BaseModel):
@@ -94,6 +103,7 @@ class Generation(BaseModel):
     model: str = ""
     usage: dict[str, int] = Field(default_factory=dict)
     applied: dict[str, Any] | None = None  # the decoding the server says it applied (ours echoes it)
+    logprobs: list[TokenLogprob] | None = None  # per answer token, where asked for and returned
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
@@ -54,8 +55,10 @@ from workers.claims import ActiveClaims
 from workers.imaging import ImageLoader, NormalizedImage
 from workers.outages import Outages
 from workers.position import PairVerdict, judge_pair
+from workers.quality import assess_context
 from workers.recovery import Backoff
 from workers.schemas import ContextData, ReferenceExample
+from workers.trust import CalibrationBook, verdict_confidence
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,9 @@ class Resources:
     # image row ids by content sha256, filled once a row is committed: image rows are never deleted
     # or re-keyed, so a known id stays valid and a judgment of known images skips the upserts
     image_ids: dict[str, int] = field(default_factory=dict, repr=False)
+    # leave-one-out check of new contexts (workers.quality): None = on for lite, off for LVLM backends
+    context_quality: bool | None = None
+    calibrations: CalibrationBook = field(default_factory=CalibrationBook, repr=False)
 
 
 class JudgmentSummary(BaseModel):
@@ -113,6 +119,8 @@ class JudgmentSummary(BaseModel):
     error_code: str | None = None
     error: str | None = None
     skipped: bool = False
+    confidence: float | None = None  # that the user prefers `winner` (see workers.confidence)
+    calibration_version: str | None = None
 
 
 @contextmanager
@@ -248,6 +256,10 @@ def ensure_context(
                 raise type(exc)(f"reference pair {ref.id} of user {user_id}: {exc.message}") from exc
             examples.append(ReferenceExample(ref.prompt, chosen, rejected))
         data = backend.build_context(examples)
+        quality = None
+        if _checks_quality(res, backend):
+            checked = assess_context(backend, examples, data, swap=backend.name != "lite")
+            quality = checked.model_dump(mode="json") if checked is not None else None
         with database_errors(), session_scope(res.db) as session:
             # a concurrent worker may have stored this version first: theirs is kept and used
             row = save_context(
@@ -258,12 +270,17 @@ def ensure_context(
                 rationales=data.rationales,
                 payload=data.payload,
                 build_seconds=time.perf_counter() - started,
+                quality=quality,
                 **version,
             )
     found = (row, ContextData(rationales=row.rationales, payload=row.payload))
     if memo is not None:
         memo.entries[key] = found
     return found
+
+
+def _checks_quality(res: Resources, backend: Backend) -> bool:
+    return res.context_quality if res.context_quality is not None else backend.name == "lite"
 
 
 def run_judgment(
@@ -315,7 +332,13 @@ def _run(res: Resources, job: ClaimedJudgment, token: str, contexts: ContextMemo
             ) from exc
         res.outages.recovered()
         _report(res, job, record.status, record=record)
-        return JudgmentSummary(judgment_id=judgment_id, status=record.status, winner=record.winner)
+        return JudgmentSummary(
+            judgment_id=judgment_id,
+            status=record.status,
+            winner=record.winner,
+            confidence=record.confidence,
+            calibration_version=record.calibration_version,
+        )
     except ClaimLost as exc:
         log.warning("judgment %s: result dropped, %s", judgment_id, exc)
         with database_errors(), session_scope(res.db) as session:
@@ -447,6 +470,7 @@ def _judge(res: Resources, job: ClaimedJudgment, contexts: ContextMemo | None = 
     verdict = judge_pair(backend, context, job.prompt, image_a, image_b, swap=job.swap)
     timings["backend_s"] = time.perf_counter() - t
     ids = _image_ids(res, image_a, image_b)
+    calibration = res.calibrations.get(res.db, backend.name, backend.model_id, backend.model_revision)
     return _verdict_record(
         verdict,
         backend,
@@ -454,6 +478,7 @@ def _judge(res: Resources, job: ClaimedJudgment, contexts: ContextMemo | None = 
         image_ids=(ids[image_a.sha256], ids[image_b.sha256]),
         swap=job.swap,
         timings=timings,
+        trust=verdict_confidence(verdict, calibration, context_row.quality),
     )
 
 
@@ -465,6 +490,7 @@ def _verdict_record(
     image_ids: tuple[int, int],
     swap: bool,
     timings: dict[str, float],
+    trust: dict[str, Any] | None = None,
 ) -> VerdictRecord:
     valid = verdict.outcome == Outcome.valid
     first = verdict.first
@@ -496,6 +522,7 @@ def _verdict_record(
         swap=swap,
         timings=timings,
         usage=usage,
+        **(trust or {}),
     )
 
 

@@ -34,8 +34,21 @@ class Dimension(BaseModel):
     score_b: float
 
 
+class VerdictToken(BaseModel):
+    """The log-probabilities the server returned for the token that states the verdict ("1"/"2")."""
+
+    token: str
+    logprob: float
+    top_logprobs: dict[str, float] = Field(default_factory=dict)  # alternatives at that position
+
+
 class JudgeResult(BaseModel):
-    """One judgment in one order. `winner` refers to the order the images were passed in."""
+    """One judgment in one order. `winner` refers to the order the images were passed in.
+
+    `p_image_1` is the backend's own probability that Image 1 is preferred, where it has one (`lite`:
+    Bradley-Terry; LVLM backends: the verdict token's log-probabilities, when the server returns them);
+    `p_source` says which. `workers.confidence` turns it, or the score margin, into a confidence.
+    """
 
     outcome: Outcome
     winner: Winner | None = None  # A, B or tie
@@ -48,3 +61,6 @@ class JudgeResult(BaseModel):
     invalid_detail: str | None = None  # what exactly was wrong, for a person
     timings: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, int] = Field(default_factory=dict)
+    p_image_1: float | None = Field(None, ge=0.0, le=1.0)
+    p_source: str | None = None  # "bradley-terry" | "logprobs"
+    verdict_token: VerdictToken | None = None

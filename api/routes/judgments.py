@@ -120,8 +120,12 @@ def read_judgments(
     status_: Annotated[JudgmentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    min_confidence: Annotated[
+        float | None,
+        Query(ge=0.0, le=1.0, description="Only verdicts at least this confident (ties and invalid have none)."),
+    ] = None,
 ) -> list[JudgmentPublic]:
-    """List judgments by user, batch and status."""
+    """List judgments by user, batch, status and confidence."""
     rows = list_judgments(
         session=session,
         tenant_id=id_of(tenant),
@@ -130,6 +134,7 @@ def read_judgments(
         status=status_.value if status_ else None,
         limit=limit,
         offset=offset,
+        min_confidence=min_confidence,
     )
     return [judgment_public(session, r) for r in rows]
 

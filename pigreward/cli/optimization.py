@@ -60,13 +60,26 @@ def optimize_run(
 @optimize.command("export")
 @click.argument("run_id", type=int)
 @click.option("-o", "--output", type=click.File("w"), default="-", help="JSONL file (default stdout).")
-def optimize_export(run_id: int, output: TextIO) -> None:
-    """Preferred/rejected prompt pairs of a run as DPO JSONL (prompt, chosen, rejected, user, evidence)."""
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Only pairs whose verdict is at least this confident (e.g. 0.8 for cleaner training data).",
+)
+def optimize_export(run_id: int, output: TextIO, min_confidence: float | None) -> None:
+    """Preferred/rejected prompt pairs of a run as DPO JSONL (prompt, chosen, rejected, user, evidence,
+    confidence)."""
     with session_scope(get_db()) as session:
         rows = export_pairs(session=session, run_id=run_id)
-    for row in rows:
+    kept = [r for r in rows if min_confidence is None or (r["confidence"] or 0.0) >= min_confidence]
+    for row in kept:
         output.write(json.dumps(row, ensure_ascii=False) + "\n")
-    click.echo(f"{len(rows)} pairs", err=True)
+    dropped = (
+        f" ({len(rows) - len(kept)} below confidence {min_confidence:g} left out)"
+        if min_confidence is not None
+        else ""
+    )
+    click.echo(f"{len(kept)} pairs{dropped}", err=True)
 
 
 @optimize.command("show")

@@ -1,12 +1,15 @@
-"""`pigreward refs`: users' reference pairs (users are created on first use)."""
+"""`pigreward refs`: users' reference pairs (users are created on first use); `pigreward users show`."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 from sqlmodel import Session
 
 from core.errors import PermanentError, TransientError
 from core.settings import get_settings
+from models.contexts import latest_context
 from models.db import session_scope
 from models.references import add_reference, list_references, remove_reference
 from models.tenants import ensure_tenant
@@ -14,6 +17,7 @@ from models.users import ensure_user, find_user
 from pigreward.cli.common import as_uri, local_file, migrated_db
 from tasks.config import image_loader
 from workers.imaging import ImageLoader, normalize
+from workers.quality import ContextQuality
 
 
 @click.group()
@@ -98,3 +102,55 @@ def refs_remove(user: str, reference_id: int) -> None:
         f"reference {reference_id} removed from user {user!r}; {left} left, "
         "its context is rebuilt from them on the next judgment"
     )
+
+
+@click.group()
+def users() -> None:
+    """End users: what the service knows about each one."""
+
+
+@users.command("show")
+@click.argument("user")
+def users_show(user: str) -> None:
+    """USER's references and newest context, with the context's leave-one-out quality and the
+    rationales that predict none of the held-out choices."""
+    with session_scope(migrated_db()) as session:
+        user_id = _user_id(session, user)
+        pairs = list_references(session=session, user_id=user_id)
+        context = latest_context(session=session, user_id=user_id)
+    click.echo(f"user {user!r}: {len(pairs)} reference pairs")
+    if context is None:
+        click.echo("context: none yet (built on the first judgment, or `POST /v1/users/{id}/context`)")
+        return
+    click.echo(
+        f"context {context.id}: {context.backend} {context.model_id}@{context.model_revision} "
+        f"({context.template_version}), {len(context.rationales)} rationales, built {context.created_at:%Y-%m-%d %H:%M}"
+    )
+    for line in describe_quality(context.quality, [p.prompt for p in pairs], context.rationales):
+        click.echo(line)
+
+
+def describe_quality(quality: dict[str, Any] | None, prompts: list[str], rationales: list[str]) -> list[str]:
+    """The context-quality lines `users show` prints (and the viewer mirrors)."""
+    if not quality:
+        return [
+            "quality: not computed (PIGREWARD_CONTEXT_QUALITY is off for this backend, or < 2 references)"
+        ]
+    checked = ContextQuality.model_validate(quality)
+    lines = [
+        f"quality: leave-one-out accuracy {checked.accuracy:.0%} ({checked.correct} of {checked.held_out} "
+        f"held-out choices predicted; score {checked.score:.2f})"
+    ]
+    if checked.agreement is not None:
+        lines.append(f"both orders agreed on {checked.agreement:.0%} of the held-out pairs")
+    if not checked.flagged:
+        lines.append("flagged rationales: none")
+    for i in checked.flagged:
+        prompt = prompts[i] if i < len(prompts) else "?"
+        text = rationales[i] if len(rationales) == len(prompts) and i < len(rationales) else ""
+        lines.append(
+            f"flagged: reference {i + 1} ({prompt!r}) predicts none of the held-out choices ({checked.flag_rule})"
+        )
+        if text:
+            lines.append(f"  rationale: {text}")
+    return lines

@@ -1024,3 +1024,38 @@ def test_an_idle_connection_dropped_is_replaced_before_use(
         "POST", "/v1/judgments", expect=202, json=judgment_spec(world.user, "idle", world.warm, world.cold)
     )
     assert wait_judgment(a, row["id"])["status"] == "done"
+
+
+def test_confidence_and_context_quality_are_served(stack: Stack, client: TestClient) -> None:
+    """A verdict carries how sure it is; the context how well it predicts the user's own choices."""
+    api_ = Api.for_new_tenant("trust", client)
+    create_user_with_taste(api_, stack, "warm-trust", warm=True)
+    warm = image(stack, "api-trust/warm.png", warmth=0.9, seed=931)
+    cold = image(stack, "api-trust/cold.png", warmth=0.1, seed=932)
+    mild = image(stack, "api-trust/mild.png", warmth=0.55, seed=933)
+    clear = api_.ok(
+        "POST", "/v1/judgments", expect=202, json=judgment_spec("warm-trust", "a harbour", warm, cold)
+    )
+    close = api_.ok(
+        "POST", "/v1/judgments", expect=202, json=judgment_spec("warm-trust", "a harbour", mild, cold)
+    )
+    done = wait_judgment(api_, clear["id"])
+    near = wait_judgment(api_, close["id"])
+    assert done["status"] == near["status"] == "done", (done, near)
+    assert done["winner"] == "A" and 0.5 < done["confidence"] <= 1.0
+    assert done["confidence_signals"]["source"] == "bradley-terry"
+    # no calibration fitted for lite in this database: the raw value, marked uncalibrated
+    assert done["calibration_version"] is None and done["confidence"] == done["confidence_raw"]
+    assert near["confidence"] < done["confidence"]  # the closer pair is the less certain verdict
+
+    context = wait_context(api_, "warm-trust")
+    quality = context["quality"]
+    assert quality is not None and quality["held_out"] == 6 and quality["orders"] == 1
+    assert 0.0 <= quality["accuracy"] <= 1.0 and quality["score"] == round((quality["correct"] + 1) / 8, 4)
+    assert len(quality["per_reference"]) == 6 and isinstance(quality["flagged"], list)
+
+    cut = (done["confidence"] + near["confidence"]) / 2
+    kept = api_.ok("GET", "/v1/judgments", params={"user": "warm-trust", "min_confidence": cut})
+    assert [r["id"] for r in kept] == [done["id"]]
+    assert len(api_.ok("GET", "/v1/judgments", params={"user": "warm-trust", "min_confidence": 0})) == 2
+    assert api_.get("/v1/judgments", params={"min_confidence": 1.5}).status_code == 422

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -466,3 +467,42 @@ def test_api_with_several_processes_on_the_embedded_broker_is_refused_in_one_lin
     assert refused.returncode == 2
     assert "PIGREWARD_BROKER_URL=redis://" in refused.stderr and "pigreward worker" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_trust_commands_on_the_demo_ledger(demo_run) -> None:  # type: ignore[no-untyped-def]
+    """users show (context quality), calibrate fit/list (from the demo's leave-one-out checks), and
+    results filtered by confidence: calibrated once a calibration of lite's version exists."""
+    data_dir, _ = demo_run
+    shown = run_cli(data_dir, "users", "show", "user_00").stdout
+    assert "reference pairs" in shown and "leave-one-out accuracy" in shown, shown
+    assert re.search(r"\d+ of \d+ held-out choices predicted", shown), shown
+
+    every = run_cli(data_dir, "results").stdout.splitlines()
+    rows = [json.loads(line) for line in every]
+    assert rows and all("confidence" in r for r in rows)
+    done = [r for r in rows if r["status"] == "done" and r["winner"] in ("A", "B")]
+    assert done and all(0.0 < r["confidence"] <= 1.0 and r["calibration_version"] is None for r in done)
+
+    fitted = run_cli(data_dir, "calibrate", "fit", "--backend", "lite")
+    assert "held-out pairs from 20 users" in fitted.stdout, fitted.stdout
+    assert fitted.stdout.startswith("lite:lite-bradley-terry@1:")
+    version = fitted.stdout.split(" ")[0].rstrip(":")
+    listed = run_cli(data_dir, "calibrate", "list").stdout
+    assert listed.split("\t")[0] == version
+
+    high = run_cli(data_dir, "results", "--min-confidence", "0.8")
+    kept = [json.loads(line) for line in high.stdout.splitlines()]
+    assert all(r["confidence"] >= 0.8 for r in kept)
+    assert len(kept) < len(done) and f"{len(kept)} judgments with confidence >= 0.8" in high.stderr
+    # verdicts judged from now on carry the calibrated confidence
+    judged = run_cli(
+        data_dir, "judge", "--user", "user_00", "--prompt", "again", "--json", *_two_images(data_dir)
+    )
+    row = json.loads(judged.stdout)
+    if row["winner"] in ("A", "B"):
+        assert row["calibration_version"] == version and row["confidence_raw"] is not None
+
+
+def _two_images(data_dir: Path) -> list[str]:
+    images = sorted((data_dir / "images").rglob("img_*.png"))
+    return [str(images[0]), str(images[1])]

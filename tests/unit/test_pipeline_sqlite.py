@@ -54,6 +54,7 @@ def res(tmp_path: Path) -> Resources:
         db=make_engine(url),
         loader=ImageLoader(ImageStore(StoreConfig(image_root=root)), ImageLimits()),
         backend_for=lambda name, protocol=None: backend,
+        context_quality=False,  # builds are counted here: the leave-one-out check builds more (test_trust.py)
     )
 
 

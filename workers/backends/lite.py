@@ -55,6 +55,14 @@ def leading_dimension(dims: Sequence[int], toward_1: Sequence[float], winner: Wi
     return dims[k]
 
 
+def cited_features(diff: np.ndarray, weights: np.ndarray) -> list[int]:
+    """The features a reference's rationale names: up to three that most favour the chosen image
+    under the user's weights (`diff`: chosen - rejected, standardized). None: the choice goes against
+    the user's usual pattern."""
+    contrib = weights * diff
+    return [int(i) for i in np.argsort(-contrib)[:3] if contrib[i] > 0.05]
+
+
 class LiteBackend:
     """The embedded default and the baseline the LVLM backends must beat."""
 
@@ -135,12 +143,9 @@ class LiteBackend:
         chosen: np.ndarray,
         rejected: np.ndarray,
     ) -> str:
-        contrib = weights * diff
-        order = np.argsort(-contrib)
         reasons = [
             f"{FEATURES[i].more if diff[i] > 0 else FEATURES[i].less} ({chosen[i]:.2f} vs {rejected[i]:.2f})"
-            for i in order[:3]
-            if contrib[i] > 0.05
+            for i in cited_features(diff, weights)
         ]
         if not reasons:
             return (
@@ -184,7 +189,8 @@ class LiteBackend:
             else f"Image {1 if winner == 'A' else 2} is better"
         )
         raw = "\n".join([*lines, f"Score 1: {total_1}", f"Score 2: {total_2}", verdict])
-        best = leading_dimension(dims, [float(weights[i] * (z1[i] - z2[i])) for i in dims], winner)
+        toward_1 = [float(weights[i] * (z1[i] - z2[i])) for i in dims]
+        best = leading_dimension(dims, toward_1, winner)
         rationale = (
             f"{verdict} for this user, chiefly on {FEATURES[best].title.lower()}: "
             f"{self._dimension_reason(best, f1[best], f2[best], weights[best], p['evidence'][FEATURES[best].key])}"
@@ -198,6 +204,9 @@ class LiteBackend:
             rationale=rationale,
             raw_text=raw,
             timings={"backend_s": time.perf_counter() - started},
+            # the Bradley-Terry probability of Image 1 on the dimensions judged (what decided the winner)
+            p_image_1=float(1.0 / (1.0 + np.exp(-sum(toward_1)))),
+            p_source="bradley-terry",
         )
 
     def _dimensions(self, weights: np.ndarray) -> list[int]:
