@@ -42,4 +42,7 @@ def bootstrap_context(
         "context_id": row.id,
         "references": row.reference_count,
         "rationales": len(data.rationales),
+        # leave-one-out accuracy on the user's own references (None: not computed, see context_quality)
+        "quality": (row.quality or {}).get("accuracy"),
+        "flagged_rationales": (row.quality or {}).get("flagged", []),
     }

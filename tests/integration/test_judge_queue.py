@@ -71,6 +71,8 @@ def test_opposite_users_get_opposite_verdicts_through_the_queue(stack) -> None: 
     verdicts = [r.get(timeout=120) for r in results]
     assert [v["status"] for v in verdicts] == ["done", "done"]
     assert [v["winner"] for v in verdicts] == ["A", "B"]
+    # each result says how sure it is (no calibration in this ledger: the raw value, uncalibrated)
+    assert all(0.5 < v["confidence"] <= 1.0 and v["calibration_version"] is None for v in verdicts)
 
 
 def test_chunked_bulk_form_judges_every_row(stack) -> None:  # type: ignore[no-untyped-def]
