@@ -10,12 +10,19 @@ context length is refused with a 400 before it runs, and `prompt_tokens_details.
 reported only with `--enable-cache-report`, both as SGLang does. Unlike SGLang, each answer echoes the
 decoding parameters it applied (`decoding`), which `pigreward check` shows. Concurrent requests are
 batched into one `generate` by the engine.
+
+`"logprobs": true` (with `"top_logprobs": N`, at most 20) returns `choices[0].logprobs.content`, one
+`{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}` per answer token, as SGLang and vLLM
+do; `bytes` are the UTF-8 bytes of the token's text as decoded on its own. A server started with
+`ServerOptions(logprobs=False)` answers `"logprobs": null` whatever is asked, like a server that does
+not support them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +41,7 @@ from workers.generation import (
     ImagePart,
     Sampling,
     TextPart,
+    TokenLogprob,
 )
 from workers.imaging import ImageLimits, normalize
 
@@ -67,6 +75,8 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     ebnf: str | None = None
     regex: str | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def sampling(self) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -82,6 +92,14 @@ class ChatRequest(BaseModel):
             max_tokens=self.max_tokens,
             seed=self.seed,
         )
+
+    def alternatives(self) -> int | None:
+        """How many alternatives per token were asked for, or None when no log-probabilities were."""
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise HTTPException(400, "when using `top_logprobs`, `logprobs` must be set to true")
+            return None
+        return self.top_logprobs or 0
 
     def grammar(self) -> Grammar | None:
         if self.ebnf is not None and self.regex is not None:
@@ -122,6 +140,7 @@ class ServerOptions:
     context_length: int | None = None  # None: the model's max_position_embeddings
     enable_cache_report: bool = False
     chat_template_file: str | None = None  # None: the checkpoint's own template
+    logprobs: bool = True  # False: answer `"logprobs": null` even when asked (a server without them)
 
     @property
     def chat_template(self) -> str:
@@ -187,12 +206,14 @@ def create_app(
                 else:
                     parts.append(_image((p.image_url or {}).get("url", ""), limits))
             messages.append(ChatMessage(m.role, tuple(parts)))
+        asked = body.alternatives() if opts.logprobs else None
         request = GenerationRequest(
             messages=tuple(messages),
             sampling=body.sampling(),
             role=role,
             json_schema=_schema(body.response_format),
             grammar=body.grammar(),
+            top_logprobs=0 if asked is None else max(1, asked),  # the engine asks with > 0
         )
         length = context_length(role)
         try:
@@ -228,6 +249,7 @@ def create_app(
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": gen.text},
+                    "logprobs": _logprobs(gen.logprobs, asked),
                     "finish_reason": gen.finish_reason,
                 }
             ],
@@ -236,6 +258,33 @@ def create_app(
         }
 
     return app
+
+
+def _logprobs(tokens: list[TokenLogprob] | None, alternatives: int | None) -> dict[str, Any] | None:
+    """`choices[0].logprobs` as OpenAI's chat completions spell it, or None when not asked for."""
+    if alternatives is None or tokens is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": _finite(logprob), "bytes": list(token.encode("utf-8"))}
+
+    return {
+        "content": [
+            {
+                **entry(t.token, t.logprob),
+                "top_logprobs": [
+                    entry(k, v)
+                    for k, v in sorted(t.top_logprobs.items(), key=lambda kv: -kv[1])[:alternatives]
+                ],
+            }
+            for t in tokens
+        ]
+    }
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no -inf: an impossible token is -9999.0, as OpenAI reports it."""
+    return logprob if math.isfinite(logprob) else -9999.0
 
 
 def serve(

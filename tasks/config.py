@@ -109,6 +109,7 @@ def backend_config(settings: Settings, protocol: str | None = None) -> BackendCo
         template_dir=settings.template_dir,
         judge_sampling=sampling(settings.judge_max_tokens),
         reasoner_sampling=sampling(settings.reasoner_max_tokens),
+        judge_top_logprobs=settings.judge_top_logprobs,
         grammar=settings.grammar,
         context_length=settings.context_length,
         tokenizer=settings.tokenizer or settings.hf_judge_model,

@@ -95,6 +95,11 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str, hostn
     default=None,
     help="A jinja chat template used instead of the checkpoint's own.",
 )
+@click.option(
+    "--no-logprobs",
+    is_flag=True,
+    help="Answer `logprobs: null` even when asked (a server without them: confidence from the score margin).",
+)
 def serve(
     judge: str,
     reasoner: str | None,
@@ -105,6 +110,7 @@ def serve(
     context_length: int | None,
     enable_cache_report: bool,
     chat_template: str | None,
+    no_logprobs: bool,
 ) -> None:
     """Serve checkpoints over an OpenAI-compatible API (a local stand-in for SGLang)."""
     try:
@@ -116,6 +122,7 @@ def serve(
         context_length=context_length,
         enable_cache_report=enable_cache_report,
         chat_template_file=chat_template,
+        logprobs=not no_logprobs,
     )
     run_model_server(
         judge, reasoner, host=host, port=port, device=device, max_batch=max_batch, options=options

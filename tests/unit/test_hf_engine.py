@@ -163,3 +163,28 @@ def test_token_count_from_image_sizes_equals_the_encoded_length(model_dir: Path)
     model = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir)))
     for request in _requests(3):
         assert model.count(request) == len(model.encode(request)[0])
+
+
+def test_logprobs_are_recorded_only_when_asked_and_change_no_token(model_dir: Path) -> None:
+    """Per answer token: its own log-probability and the top alternatives, for every row that asks, in
+    the same batch as rows that do not; the tokens are the same as without."""
+    from dataclasses import replace
+
+    model = _Model(str(model_dir), HFEngineConfig(judge_model=str(model_dir)))
+    reqs = _requests(3, max_tokens=16)
+    plain = model.run(reqs)
+    asked = model.run([replace(reqs[0], top_logprobs=4), reqs[1], replace(reqs[2], top_logprobs=2)])
+    assert [g.text for g in asked] == [g.text for g in plain]
+    assert plain[0].logprobs is None and asked[1].logprobs is None
+    for gen, k in ((asked[0], 4), (asked[2], 2)):
+        assert gen.logprobs is not None and len(gen.logprobs) == gen.usage["completion_tokens"] - (
+            1 if gen.finish_reason == "stop" else 0
+        )
+        for token in gen.logprobs:
+            assert token.logprob <= 0 and 1 <= len(token.top_logprobs) <= k
+            assert all(v <= 0 for v in token.top_logprobs.values())
+            # greedy, no grammar: the chosen token is the most likely one
+            assert token.logprob == pytest.approx(max(token.top_logprobs.values()), abs=1e-5)
+        joined = "".join(t.token for t in gen.logprobs)
+        if "\ufffd" not in joined:  # no multi-byte character split over tokens: they spell the text
+            assert joined == gen.text

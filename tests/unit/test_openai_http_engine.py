@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw
 from core.errors import BackendRejected, BackendUnavailable, PermanentError, TransientError
 from ops.stack import free_port
 from tests.support.fake_openai import fake_openai_server
-from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine
+from workers.backends.openai_http import HTTPEngineConfig, OpenAIHTTPEngine, parse_logprobs
 from workers.generation import (
     ChatMessage,
     Engine,
@@ -34,6 +35,7 @@ from workers.generation import (
     ModelIdentity,
     Sampling,
     TextPart,
+    TokenLogprob,
 )
 from workers.imaging import ImageLimits, NormalizedImage, normalize
 from workers.protocols import get_protocol, json_v1
@@ -702,3 +704,107 @@ def test_a_plain_path_without_a_revision_is_unknown() -> None:
     with scripted_server(script) as url, engine_for(url) as engine:
         assert engine.identity("judge").revision == "unknown"
         assert engine.context_length("judge") is None
+
+
+# -- log-probabilities ----------------------------------------------------------------------------------------
+
+
+def _entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
+    """One `choices[0].logprobs.content` entry as SGLang and vLLM write it (with `bytes`)."""
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+    }
+
+
+_VERDICT_LOGPROBS = {
+    "content": [
+        _entry("Image", -0.01, [("Image", -0.01), ("The", -4.8)]),
+        _entry(" ", -0.02, [(" ", -0.02)]),
+        _entry("2", -0.35, [("2", -0.35), ("1", -1.2), (" two", -6.0)]),
+        _entry(" is", -0.001, [(" is", -0.001)]),
+        _entry(" better", -0.003, [(" better", -0.003), (" preferred", -7.5)]),
+    ]
+}
+
+
+@pytest.mark.parametrize("dialect", ["sglang", "vllm"])
+def test_logprobs_are_asked_for_only_when_the_request_says_so(dialect: str) -> None:
+    script = Script()
+    with scripted_server(script) as url, engine_for(url, dialect=dialect) as engine:
+        engine.generate([_text_request("a")])
+        engine.generate([replace(_text_request("b"), top_logprobs=5)])
+    plain, asked = script.bodies
+    assert "logprobs" not in plain and "top_logprobs" not in plain
+    assert asked["logprobs"] is True and asked["top_logprobs"] == 5  # the same two fields for both
+
+
+def test_logprobs_of_a_realistic_answer_are_read_per_token() -> None:
+    script = Script()
+    answer = _completion("Image 2 is better")
+    answer["choices"][0]["logprobs"] = _VERDICT_LOGPROBS
+    script.chat.append((200, answer))
+    with scripted_server(script) as url, engine_for(url) as engine:
+        [gen] = engine.generate([replace(_text_request("a"), top_logprobs=3)])
+    assert gen.text == "Image 2 is better" and gen.finish_reason == "stop"
+    assert gen.logprobs is not None and "".join(t.token for t in gen.logprobs) == gen.text
+    digit = gen.logprobs[2]
+    assert digit == TokenLogprob(token="2", logprob=-0.35, top_logprobs={"2": -0.35, "1": -1.2, " two": -6.0})
+    assert gen.logprobs[1].top_logprobs == {" ": -0.02}
+
+
+def test_the_completions_form_of_logprobs_is_read_too() -> None:
+    legacy = {
+        "tokens": ["Image", " 1"],
+        "token_logprobs": [-0.1, -0.2],
+        "top_logprobs": [{"Image": -0.1}, {" 1": -0.2, " 2": -1.9}],
+        "text_offset": [0, 5],
+    }
+    assert parse_logprobs(legacy) == [
+        TokenLogprob(token="Image", logprob=-0.1, top_logprobs={"Image": -0.1}),
+        TokenLogprob(token=" 1", logprob=-0.2, top_logprobs={" 1": -0.2, " 2": -1.9}),
+    ]
+
+
+def _with_content(*entries: Any) -> dict[str, Any]:
+    return {"content": list(entries)}
+
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [
+        None,  # not returned
+        {},
+        {"content": None},  # vLLM's "no content logprobs"
+        {"content": "Image 2"},
+        [],
+        "yes",
+        _with_content({"token": "Image", "logprob": "-0.1", "top_logprobs": []}),  # a string number
+        _with_content({"token": "Image", "logprob": True, "top_logprobs": []}),
+        _with_content({"token": "Image", "logprob": 0.7, "top_logprobs": []}),  # not a log-probability
+        _with_content({"token": "Image", "logprob": float("nan"), "top_logprobs": []}),
+        _with_content({"token": 17, "logprob": -0.1, "top_logprobs": []}),
+        _with_content({"logprob": -0.1, "top_logprobs": []}),  # no token
+        _with_content({"token": "Image", "logprob": -0.1, "top_logprobs": "Image"}),
+        _with_content({"token": "Image", "logprob": -0.1, "top_logprobs": [{"token": "x"}]}),
+        _with_content(_entry("Image", -0.1, []), "not an entry"),  # one bad entry spoils the list
+        {"tokens": ["Image"], "token_logprobs": [-0.1, -0.2]},  # lists of different lengths
+    ],
+)
+def test_malformed_logprobs_are_none_and_never_cost_the_generation(logprobs: Any) -> None:
+    script = Script()
+    answer = _completion("Image 2 is better", finish="stop")
+    answer["choices"][0]["logprobs"] = logprobs
+    script.chat.append((200, answer))
+    with scripted_server(script) as url, engine_for(url) as engine:
+        [gen] = engine.generate([replace(_text_request("a"), top_logprobs=5)])
+    assert gen.text == "Image 2 is better" and gen.finish_reason == "stop" and gen.logprobs is None
+    assert gen.usage["completion_tokens"] == 2
+
+
+def test_impossible_alternatives_read_as_openais_floor() -> None:
+    """-Infinity is not JSON, but Python's encoder writes it: read as -9999.0, as OpenAI spells it."""
+    [token] = parse_logprobs(_with_content(_entry("1", -0.1, [("1", -0.1), ("2", float("-inf"))]))) or []
+    assert token.top_logprobs == {"1": -0.1, "2": -9999.0}

@@ -36,6 +36,7 @@ class BackendConfig:
     chat_template: Path | None = None  # the template the server renders with, for counting
     judge_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=512))
     reasoner_sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
+    judge_top_logprobs: int = 5  # alternatives per judge answer token; 0: no log-probabilities asked
     http: HTTPEngineConfig = field(
         default_factory=lambda: HTTPEngineConfig(judge_url="http://127.0.0.1:30000")
     )
@@ -79,6 +80,7 @@ def create_backend(name: str, config: BackendConfig | None = None) -> Backend:
         context_length=config.context_length,
         tokenizer=config.tokenizer,
         chat_template=config.chat_template,
+        top_logprobs=config.judge_top_logprobs,
     )
 
 

@@ -5,6 +5,12 @@ at run time. bf16 on CUDA, fp32 on CPU. Concurrent `generate` calls from many th
 by one batcher thread per model into a single batched `generate` (left padding); requests with a JSON
 schema are constrained by xgrammar, token by token. Images are turned into Qwen-VL patches by hand
 (`qwen_vision`), so no processor class (which would need torchvision) is involved.
+
+A request with `top_logprobs > 0` gets each answer token's log-probability and its most likely
+alternatives (`Generation.logprobs`), recorded step by step while generating (`LogprobRecorder`): the
+distribution after the penalties (and, when sampling, temperature and top-k/p) and before a grammar's
+mask, so a verdict the grammar forces still shows what the model would have said. Batches that ask for
+none run exactly as before.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from workers.generation import (
     GenerationRequest,
     ModelIdentity,
     Sampling,
+    TokenLogprob,
     template_messages,
 )
 
@@ -257,6 +264,10 @@ class _Model:
         processors: list[Any] = []
         if sampling.frequency_penalty or sampling.presence_penalty:
             processors.append(OpenAIPenalties(width, sampling.frequency_penalty, sampling.presence_penalty))
+        top_k = max(r.top_logprobs for r in requests)
+        recorder = LogprobRecorder(top_k) if top_k > 0 else None
+        if recorder is not None:  # before the grammar: what the model would say, not what it may say
+            processors.append(recorder)
         if any(r.json_schema is not None or r.grammar is not None for r in requests):
             processors.append(self.grammar_processor(requests))
         if processors:
@@ -270,6 +281,7 @@ class _Model:
                 self.model.model.rope_deltas = None  # positions are recomputed for this batch
             out = self.model.generate(**inputs, **gen_kwargs)
         new = out[:, width:].tolist()
+        steps = recorder.finish(out[:, width:]) if recorder is not None else None
         results = []
         for row, request in enumerate(requests):
             tokens = new[row][: request.sampling.max_tokens]
@@ -281,6 +293,10 @@ class _Model:
             cut = _cut_at_stop(text, request.sampling.stop)
             if cut is not None:  # as OpenAI servers do: the stop string ends the answer and is left out
                 text, finished = cut, True
+            logprobs = None
+            if steps is not None and request.top_logprobs > 0:
+                written = len(text) if cut is not None else None
+                logprobs = self._token_logprobs(steps, row, kept, written, request.top_logprobs)
             usage = {
                 "prompt_tokens": len(encoded[row][0]),
                 "completion_tokens": len(kept) + (1 if finished and stop_at is not None else 0),
@@ -293,9 +309,35 @@ class _Model:
                     finish_reason="stop" if finished else "length",
                     model=self.identity.model_id,
                     usage=usage,
+                    logprobs=logprobs,
                 )
             )
         return results
+
+    def _token_logprobs(
+        self, steps: RecordedSteps, row: int, kept: list[int], length: int | None, top: int
+    ) -> list[TokenLogprob]:
+        """One entry per answer token before the stop token (after a stop string, only those that wrote
+        part of the first `length` characters): its text decoded on its own, its log-probability, and
+        `top` alternatives."""
+        out: list[TokenLogprob] = []
+        written = 0
+        with self._tokenizer_lock:
+            for step, token_id in enumerate(kept):
+                if length is not None and written >= length:
+                    break
+                token = self.tokenizer.decode([token_id], skip_special_tokens=True)
+                alternatives: dict[str, float] = {}
+                for alt_id, alt_logprob in zip(
+                    steps.top_ids[row][step][:top], steps.top_values[row][step][:top], strict=True
+                ):
+                    alt = self.tokenizer.decode([alt_id], skip_special_tokens=False)
+                    alternatives.setdefault(alt, alt_logprob)  # sorted: the likelier spelling first
+                out.append(
+                    TokenLogprob(token=token, logprob=steps.chosen[row][step], top_logprobs=alternatives)
+                )
+                written += len(token)
+        return out
 
     def _common_prefix(self, rows: list[list[int]]) -> int:
         """Length of the token prefix all rows share, cut before any image token; 0 if not worth it."""
@@ -378,6 +420,63 @@ class OpenAIPenalties:
         counts = torch.zeros_like(scores)
         counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+LOGPROB_FLOOR = -9999.0  # what OpenAI reports for a token far outside the top alternatives
+
+
+@dataclass
+class RecordedSteps:
+    """Per row and generated step: the chosen token's log-probability and the top alternatives."""
+
+    chosen: list[list[float]]
+    top_values: list[list[list[float]]]
+    top_ids: list[list[list[int]]]
+
+
+class LogprobRecorder:
+    """A logits processor that changes nothing and records each step's log-softmax: its top-k entries,
+    and, one step later (once the token is chosen), the chosen token's. Memory: one (batch, vocab) row
+    of the last step plus k values per step, however long the answer."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._last: Any = None
+        self._chosen: list[Any] = []
+        self._top_values: list[Any] = []
+        self._top_ids: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logprobs = torch.log_softmax(scores.float(), dim=-1).clamp_(min=LOGPROB_FLOOR)
+        if self._last is not None:  # the token chosen at the previous step is now the last input
+            self._chosen.append(self._last.gather(1, input_ids[:, -1:]).squeeze(1))
+        values, ids = logprobs.topk(min(self.k, logprobs.shape[-1]), dim=-1)
+        self._top_values.append(values)
+        self._top_ids.append(ids)
+        self._last = logprobs
+        return scores
+
+    def finish(self, generated: Any) -> RecordedSteps:
+        """The record, given the generated tokens (batch, steps) that followed the prompt."""
+        import torch
+
+        steps = len(self._top_values)
+        if self._last is not None and generated.shape[1] >= steps > len(self._chosen):
+            last = generated[:, steps - 1 : steps].to(self._last.device)
+            self._chosen.append(self._last.gather(1, last).squeeze(1))
+        self._last = None
+        if not steps:
+            rows = generated.shape[0]
+            return RecordedSteps(
+                [[] for _ in range(rows)], [[] for _ in range(rows)], [[] for _ in range(rows)]
+            )
+        return RecordedSteps(
+            chosen=torch.stack(self._chosen, dim=1).tolist(),
+            top_values=torch.stack(self._top_values, dim=1).tolist(),
+            top_ids=torch.stack(self._top_ids, dim=1).tolist(),
+        )
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:

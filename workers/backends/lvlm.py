@@ -6,6 +6,11 @@ OpenAI-compatible server) and `hf` (in-process transformers) differ only in the 
 Contexts hold only whole rationales: one cut off at the token limit is asked again once with twice the
 budget, and left out (with a record in the context's payload) if it is cut off again. Judge prompts are
 fitted to the judge's context length before they are sent (`workers.budget`).
+
+Judge requests ask for each answer token's log-probabilities (`top_logprobs`, where the protocol
+states the winner in one token): a valid answer's verdict token then gives the result its own
+P(Image 1) (`p_source="logprobs"`). A server that returns none, or a token that cannot be found,
+leaves it None, and the confidence falls back to the score margin (`workers.confidence`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from core.enums import Outcome
+from core.enums import Outcome, Winner
 from core.errors import BackendRejected, NoReferences
 from workers.budget import (
     DEFAULT_CONTEXT_LENGTH,
@@ -28,10 +33,18 @@ from workers.budget import (
     load_counter,
     margin_for,
 )
-from workers.generation import Engine, GenerationRequest, ModelIdentity, Sampling, decoding_digest
+from workers.generation import (
+    Engine,
+    Generation,
+    GenerationRequest,
+    ModelIdentity,
+    Sampling,
+    decoding_digest,
+)
 from workers.imaging import NormalizedImage
 from workers.protocols import JudgeProtocol
 from workers.schemas import ContextData, JudgeResult, ReferenceExample
+from workers.verdict_tokens import verdict_probability
 
 
 class LVLMBackend:
@@ -49,9 +62,11 @@ class LVLMBackend:
         counter: TokenCounter | None = None,
         tokenizer: str | None = None,
         chat_template: Path | None = None,
+        top_logprobs: int = 0,
     ) -> None:
         """`context_length`: the configured limit (the server's reported one wins when smaller);
-        `counter` or else `tokenizer` (a checkpoint path or HF-cache id) counts prompt tokens."""
+        `counter` or else `tokenizer` (a checkpoint path or HF-cache id) counts prompt tokens;
+        `top_logprobs`: alternatives asked per judge answer token (0: no log-probabilities)."""
         self.name = name
         self.engine = engine
         self.protocol = protocol
@@ -63,6 +78,8 @@ class LVLMBackend:
         self._tokenizer = tokenizer
         self._chat_template = chat_template
         self._counter_lock = threading.Lock()
+        # only where one token states the winner: elsewhere the log-probabilities would go unused
+        self.top_logprobs = top_logprobs if protocol.states_verdict_in_one_token else 0
 
     @property
     def decoding(self) -> dict[str, Any]:
@@ -165,7 +182,7 @@ class LVLMBackend:
             self.counter,
             self.context_length(),
         )
-        request = fit.request
+        request = replace(fit.request, top_logprobs=self.top_logprobs)
         [gen] = self.engine.generate([request])
         result = self.protocol.parse(gen)
         usage = dict(gen.usage)
@@ -175,8 +192,11 @@ class LVLMBackend:
             usage["rationales_dropped"] = fit.dropped
         if not self.counter.exact:
             usage["prompt_tokens_estimated"] = 1
+        answer = gen  # the generation whose text the result was read from
         if result.outcome == Outcome.invalid and self.repair:
             follow_up = self.protocol.repair(request, gen, result)
+            if follow_up is not None:
+                follow_up = replace(follow_up, top_logprobs=self.top_logprobs)
             if follow_up is not None and self._fits(follow_up):
                 try:
                     [gen2] = self.engine.generate([follow_up])
@@ -188,9 +208,33 @@ class LVLMBackend:
                     usage["repairs"] = 1
                     raw = f"{gen.text}\n--- repair ---\n{gen2.text}"
                     result = repaired.model_copy(update={"raw_text": raw})
+                    answer = gen2
         return result.model_copy(
-            update={"usage": usage, "timings": {"backend_s": time.perf_counter() - started}}
+            update={
+                "usage": usage,
+                "timings": {"backend_s": time.perf_counter() - started},
+                **self._verdict_token(result, answer),
+            }
         )
+
+    def _verdict_token(self, result: JudgeResult, answer: Generation) -> dict[str, Any]:
+        """`p_image_1`, `p_source` and `verdict_token` from the verdict token's log-probabilities, for a
+        valid answer naming a winner; nothing (all three stay None) when they cannot be read."""
+        if (
+            result.outcome != Outcome.valid
+            or result.winner not in (Winner.A, Winner.B)
+            or not answer.logprobs
+        ):
+            return {}
+        offset = self.protocol.verdict_offset(answer.text)
+        stated = "1" if result.winner == Winner.A else "2"
+        if offset is None or answer.text[offset : offset + 1] != stated:
+            return {}
+        found = verdict_probability(answer.logprobs, answer.text, offset)
+        if found is None:
+            return {}
+        token, p_image_1 = found
+        return {"p_image_1": p_image_1, "p_source": "logprobs", "verdict_token": token}
 
     def _fits(self, request: GenerationRequest) -> bool:
         """Whether a follow-up (the first prompt, the bad answer and the request to fix it) still fits."""

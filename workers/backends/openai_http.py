@@ -5,6 +5,12 @@ keeps up to `max_in_flight` requests open per process (many Celery threads, or a
 share one engine). Every request carries every decoding parameter (`sampling_fields`). Retries follow the workers'
 one HTTP policy (`workers.http`); a JSON answer that is not a chat completion comes back as a
 `malformed` generation (recorded `invalid`), never a crash.
+
+A request with `top_logprobs > 0` asks for each answer token's log-probability and that many
+alternatives, spelled `"logprobs": true, "top_logprobs": N` as OpenAI, SGLang and vLLM all take it; the
+answer's `choices[0].logprobs.content` (`[{token, logprob, bytes, top_logprobs: [{token, logprob,
+bytes}]}]`) becomes `Generation.logprobs`. Log-probabilities that are missing or malformed leave it
+None: they never cost the generation.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -30,6 +37,7 @@ from workers.generation import (
     ModelIdentity,
     Sampling,
     TextPart,
+    TokenLogprob,
 )
 from workers.http import JSONClient, RetryPolicy
 from workers.imaging import NormalizedImage
@@ -170,6 +178,8 @@ class OpenAIHTTPEngine:
             }
         if request.grammar is not None:
             body.update(grammar_fields(request.grammar, self.config.dialect))
+        if request.top_logprobs > 0:
+            body.update(logprob_fields(request.top_logprobs))
         answer = self._client.request("POST", url + "/v1/chat/completions", body)
         return _generation(answer, model)
 
@@ -228,6 +238,84 @@ def grammar_fields(grammar: Grammar, dialect: str) -> dict[str, Any]:
     return {grammar.kind: grammar.text}
 
 
+def logprob_fields(top_logprobs: int) -> dict[str, Any]:
+    """Per-token log-probabilities and `top_logprobs` alternatives, as OpenAI's chat completions spell
+    them (SGLang's and vLLM's `ChatCompletionRequest` take the same two fields)."""
+    return {"logprobs": True, "top_logprobs": top_logprobs}
+
+
+def parse_logprobs(value: Any) -> list[TokenLogprob] | None:
+    """`choices[0].logprobs` as a list of tokens, or None when absent, null or malformed.
+
+    The chat form is `{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+    "bytes"}]}]}`; the completions form some servers answer with (`{"tokens", "token_logprobs",
+    "top_logprobs": [{token: logprob}]}`) is read too. Any entry that is not a string token with a finite
+    number makes the whole list None: a half-read list could put the verdict on the wrong token.
+    """
+    if not isinstance(value, dict):
+        return None
+    try:
+        content = value.get("content")
+        if isinstance(content, list):
+            return [
+                TokenLogprob(
+                    token=_token(entry["token"]),
+                    logprob=_logprob(entry["logprob"]),
+                    top_logprobs=_alternatives(entry.get("top_logprobs")),
+                )
+                for entry in content
+            ]
+        tokens, values = value.get("tokens"), value.get("token_logprobs")
+        if isinstance(tokens, list) and isinstance(values, list) and len(tokens) == len(values):
+            tops = value.get("top_logprobs") or [None] * len(tokens)
+            if not isinstance(tops, list) or len(tops) != len(tokens):
+                return None
+            return [
+                TokenLogprob(token=_token(t), logprob=_logprob(v), top_logprobs=_alternatives(a))
+                for t, v, a in zip(tokens, values, tops, strict=True)
+            ]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def _token(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("a token is not text")
+    return value
+
+
+def _logprob(value: Any) -> float:
+    """A log-probability: a finite number, at most 0 (a little above 0 is rounding)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("a log-probability is not a number")
+    number = float(value)
+    if number == -math.inf:  # impossible: what OpenAI spells -9999.0
+        return -9999.0
+    if not math.isfinite(number) or number > 1e-3:
+        raise ValueError(f"{number} is not a log-probability")
+    return min(number, 0.0)
+
+
+def _alternatives(value: Any) -> dict[str, float]:
+    """Alternatives as OpenAI lists them (`[{token, logprob}]`) or as a `{token: logprob}` map; the most
+    likely spelling wins when two decode to the same text."""
+    if value is None:
+        return {}
+    pairs: list[tuple[str, float]]
+    if isinstance(value, list):
+        pairs = [(_token(a["token"]), _logprob(a["logprob"])) for a in value]
+    elif isinstance(value, dict):
+        pairs = [(_token(k), _logprob(v)) for k, v in value.items()]
+    else:
+        raise TypeError("top_logprobs is neither a list nor a map")
+    out: dict[str, float] = {}
+    for token, logprob in pairs:
+        if token not in out or logprob > out[token]:
+            out[token] = logprob
+    return out
+
+
 def served_revision(entry: dict[str, Any]) -> str:
     """The weights' revision: ours says it; `NAME@REV` (ops/ launch scripts); else the HF snapshot hash
     in the served path; else "unknown" (then set PIGREWARD_SGLANG_JUDGE_REVISION)."""
@@ -257,12 +345,14 @@ def _generation(answer: Any, model: str) -> Generation:
         if isinstance(cached, int):
             usage["cached_tokens"] = cached
         applied = answer.get("decoding")
+        logprobs = parse_logprobs(choice.get("logprobs")) if isinstance(choice, dict) else None
         return Generation(
             text=text,
             finish_reason=str(choice.get("finish_reason") or "stop"),
             model=model,
             usage=usage,
             applied=applied if isinstance(applied, dict) else None,
+            logprobs=logprobs,
         )
     except (KeyError, IndexError, TypeError, AttributeError):
         return Generation(text=json.dumps(answer)[:4000], finish_reason="malformed", model=model)

@@ -175,6 +175,11 @@ class JsonV1(JudgeProtocol):
             usage=gen.usage,
         )
 
+    def verdict_offset(self, text: str) -> int | None:
+        """Always None: the winner is not written, it follows from the totals of every dimension's two
+        scores, so no single answer token states it (the confidence comes from the score margin)."""
+        return None
+
     def repair(
         self, request: GenerationRequest, gen: Generation, result: JudgeResult
     ) -> GenerationRequest | None:

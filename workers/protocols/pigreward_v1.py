@@ -10,6 +10,7 @@ from core.enums import Outcome, Winner
 from workers.generation import Generation, Sampling
 from workers.protocols.pigreward_v1_grammar import max_chars
 from workers.protocols.pigreward_v1_parser import parse as parse_pigreward_v1
+from workers.protocols.pigreward_v1_parser import verdict_offset
 from workers.protocols.protocol import JudgeProtocol
 from workers.schemas import Dimension, JudgeResult
 
@@ -20,6 +21,7 @@ class PigrewardV1(JudgeProtocol):
     """The released checkpoints' text format, read strictly."""
 
     name = "pigreward-v1"
+    states_verdict_in_one_token = True
 
     def judge_sampling(self, sampling: Sampling) -> Sampling:
         """With a grammar, room for the longest answer it admits (a constrained answer never truncates)."""
@@ -49,3 +51,8 @@ class PigrewardV1(JudgeProtocol):
             raw_text=gen.text,
             usage=gen.usage,
         )
+
+    def verdict_offset(self, text: str) -> int | None:
+        """The digit of the last line stating the verdict ("Image 2 is better"), in any form the parser
+        accepts; None for a tie or an invalid answer."""
+        return verdict_offset(text)

@@ -574,15 +574,70 @@ def _scan(lines: list[str]) -> _Scan:
     return scan
 
 
+def _verdict_digit(line: str) -> int | None:
+    """Where, in `line`, the digit of its strong verdict is ("Image 2 is better": the "2"), or None
+    (a tie, or no strong verdict). The position is in `line` as written, markdown stars included."""
+    direction = _strong_verdict(line)
+    if direction not in ("1", "2"):
+        return None
+    # `_clean_for_verdict` drops the stars, then only cuts a prefix (markers, labels, connectors) and
+    # surrounding blanks: the cleaned text is a suffix of the starless line, stripped on the right.
+    kept = [i for i, c in enumerate(line) if c != "*"]
+    starless = "".join(line[i] for i in kept).replace("\u2019", "'").rstrip()
+    cleaned, labelled = _clean_for_verdict(line)
+    base = len(starless) - len(cleaned)
+    if base < 0 or starless[base:] != cleaned:
+        return None
+    match = _STRONG_VERDICT.match(cleaned) or (_BARE_IMAGE.match(cleaned) if labelled else None)
+    if match is None:
+        return None
+    group = next((g for g in ("n", "n2") if g in match.re.groupindex and match.group(g)), None)
+    if group is None or match.group(group) != direction:
+        return None
+    return kept[base + match.start(group)]
+
+
+def verdict_offset(text: str) -> int | None:
+    """The offset in `text` of the digit ("1"/"2") that states the winner of a valid answer: the last
+    line that states the verdict on its own ("Image 2 is better", "**Verdict:** Image 2", ...), in any
+    form the parser accepts. None for an invalid answer or a tie."""
+    parsed = parse(text)
+    if parsed.outcome != "valid" or parsed.winner not in ("1", "2"):
+        return None
+    lines = _normalized(text).split("\n")
+    strong = [
+        no for no, direction, is_strong in _scan(lines).verdicts if is_strong and direction == parsed.winner
+    ]
+    if not strong:
+        return None
+    no = strong[-1]
+    # line `no` starts where it does in the text as written (the same lines: only "\r\n"/"\r" become
+    # "\n", and a prefix of byte-order marks and a suffix of end tokens go, which moves no line start)
+    starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", text)]
+    start = starts[no - 1]
+    if no == 1:
+        start += len(text) - len(text.lstrip("\ufeff"))
+    digit = _verdict_digit(lines[no - 1])
+    if digit is None:
+        return None
+    offset = start + digit
+    return offset if text[offset : offset + 1] == parsed.winner else None
+
+
 # --------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------
 
 
+def _normalized(text: str) -> str:
+    """The text as the checks read it: no byte-order mark, "\n" line ends, no trailing end tokens."""
+    text = (text or "").lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    return _END_TOKENS.sub("", text)
+
+
 def parse(text: str, finish_reason: str | None = None) -> ParsedJudgment:
     """Read one judge output strictly; see the module docstring for the checks and their order."""
-    text = (text or "").lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    text = _END_TOKENS.sub("", text)
+    text = _normalized(text)
 
     if not text.strip():
         return _invalid("empty", "the judge produced no text")

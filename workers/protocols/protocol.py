@@ -79,6 +79,16 @@ class JudgeProtocol:
         """A follow-up request asking the model to fix an invalid answer, or None (no repair)."""
         return None
 
+    # Whether one token of the answer states the winner (`verdict_offset` can find it): only then are
+    # the judge's per-token log-probabilities worth asking for.
+    states_verdict_in_one_token = False
+
+    def verdict_offset(self, text: str) -> int | None:
+        """The character offset in a valid answer `text` of the digit ("1"/"2") that states the winner,
+        whose token's log-probabilities give the verdict's probability; None when no single token
+        states it (a tie, an invalid answer, or a protocol whose winner follows from the scores)."""
+        return None
+
     @staticmethod
     def _invalid(gen: Generation, reason: str, detail: str | None) -> JudgeResult:
         return JudgeResult(
