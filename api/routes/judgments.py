@@ -122,7 +122,9 @@ def read_judgments(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     min_confidence: Annotated[
         float | None,
-        Query(ge=0.0, le=1.0, description="Only verdicts at least this confident (ties and invalid have none)."),
+        Query(
+            ge=0.0, le=1.0, description="Only verdicts at least this confident (ties and invalid have none)."
+        ),
     ] = None,
 ) -> list[JudgmentPublic]:
     """List judgments by user, batch, status and confidence."""
