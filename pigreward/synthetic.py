@@ -7,6 +7,17 @@ feature extractor, so a model that only sees pixels has to recover it from what 
 encodes. Users come in opposite pairs (user 2k+1 = -user 2k), so one pooled, non-personalized
 model sits near chance while a per-user model can do well.
 
+Two kinds of references:
+
+- by default (`pigreward demo`), each reference is a random pair whose chosen image follows
+  Bradley-Terry on the hidden utility (temperature `NOISE`), so every user is about equally noisy;
+- with ``reference_noise=r`` (the accuracy bench's default), references are pairs with a utility gap
+  of at least ``reference_gap``, the better image chosen, except in a share of them equal to the user's
+  own flip rate (exactly, rounded to whole pairs);
+  the rates are spread evenly over [0, r] across users, so contexts differ in how much their
+  references can be trusted (what a context's leave-one-out quality and calibrated confidence are
+  meant to detect). Each user's rate is in the manifest (`SynthUserData.reference_noise`).
+
 Layout of a generated set::
 
     out_dir/manifest.json          SyntheticSet (images' params, users, references, tests)
@@ -31,6 +42,10 @@ NOISE = 0.35
 """Bradley-Terry temperature of simulated choices: ~85-90% of references agree with the utility."""
 MIN_TEST_GAP = 0.5
 """Test pairs need at least this utility gap: a clear preference, like PIGBench's rank-1 vs rank-4."""
+REFERENCE_GAP = 0.3
+"""With `reference_noise`: reference pairs need at least this utility gap (the better image is known)."""
+MAX_REFERENCE_NOISE = 0.5
+"""A flip rate above one half makes a user's references say the opposite of their taste."""
 PROMPTS: tuple[str, ...] = (
     "Times Square at night",
     "a quiet harbour at dawn",
@@ -89,12 +104,14 @@ class SynthTest(BaseModel):
 
 
 class SynthUserData(BaseModel):
-    """What the manifest stores per user: the hidden taste (for evaluation only), references, tests."""
+    """What the manifest stores per user: the hidden taste (for evaluation only), references, tests,
+    and with `reference_noise` the user's flip rate of references (absent from Bradley-Terry sets)."""
 
     user_id: str
     taste: dict[str, float]
     references: list[SynthReference]
     tests: list[SynthTest]
+    reference_noise: float | None = None
 
     @field_validator("taste")
     @classmethod
@@ -161,6 +178,63 @@ def _sample_references(
     return refs, used
 
 
+def _sample_gap_references(
+    rng: np.random.Generator, names: list[str], util: np.ndarray, n_refs: int, *, gap: float, flip: float
+) -> tuple[list[SynthReference], set[frozenset[int]]]:
+    """Distinct pairs with a utility gap >= `gap`: the better image chosen, except in exactly
+    round(`flip` x n_refs) of them (drawn at random), where the worse one is: the user's flip rate is the
+    share of their references that go against their taste, not a coin tossed per pair."""
+    n = len(names)
+    used: set[frozenset[int]] = set()
+    pairs: list[tuple[str, int, int]] = []
+    attempts = 0
+    max_attempts = 10_000 + 1_000 * n_refs
+    while len(pairs) < n_refs:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"found only {len(pairs)} of {n_refs} reference pairs with utility gap >= {gap} among {n} "
+                "images; use more images, fewer references or a smaller reference gap"
+            )
+        a, b = (int(i) for i in rng.choice(n, size=2, replace=False))
+        key = frozenset((a, b))
+        if key in used or abs(util[a] - util[b]) < gap:
+            continue
+        used.add(key)
+        prompt = PROMPTS[int(rng.integers(len(PROMPTS)))]
+        better, worse = (a, b) if util[a] > util[b] else (b, a)
+        pairs.append((prompt, better, worse))
+    flipped = {int(i) for i in rng.choice(n_refs, size=int(round(flip * n_refs)), replace=False)}
+    refs = [
+        SynthReference(
+            prompt=prompt,
+            chosen=names[worse if i in flipped else better],
+            rejected=names[better if i in flipped else worse],
+        )
+        for i, (prompt, better, worse) in enumerate(pairs)
+    ]
+    return refs, used
+
+
+def flip_rates(users: int, reference_noise: float, seed: np.random.SeedSequence) -> list[float]:
+    """Each user's flip rate: evenly spaced over [0, reference_noise], assigned by a seeded
+    permutation in which the two members of an opposite pair (users 2k, 2k+1) never get neighbouring
+    rates where that is possible (so a pair's members are not both clean or both noisy)."""
+    rates = np.linspace(0.0, reference_noise, users)
+    rng = np.random.default_rng(seed)
+    best: np.ndarray | None = None
+    best_adjacent = users + 1
+    for _ in range(1000):
+        perm = rng.permutation(users)
+        adjacent = sum(abs(int(perm[k]) - int(perm[k + 1])) == 1 for k in range(0, users - 1, 2))
+        if adjacent < best_adjacent:
+            best, best_adjacent = perm, adjacent
+        if adjacent == 0:
+            break
+    assert best is not None
+    return [round(float(rates[i]), 6) for i in best]
+
+
 def _sample_test_pairs(
     rng: np.random.Generator, util: np.ndarray, excluded: set[frozenset[int]], n_tests: int
 ) -> list[tuple[int, int]]:
@@ -195,8 +269,12 @@ def _make_users(
     min_refs: int,
     max_refs: int,
     tests_per_user: int,
+    rates: list[float] | None = None,
+    reference_gap: float = REFERENCE_GAP,
 ) -> list[SynthUserData]:
-    """Users in opposite pairs sharing their test pairs (same images, opposite labels)."""
+    """Users in opposite pairs sharing their test pairs (same images, opposite labels).
+
+    `rates` (one per user): gap references flipped at each user's rate; None: Bradley-Terry ones."""
     out: list[SynthUserData] = []
     n_pairs = (users + 1) // 2
     for k, pair_seed in enumerate(rng_seed.spawn(n_pairs)):
@@ -210,10 +288,15 @@ def _make_users(
         util0 = (attrs - 0.5) @ _taste_vector(taste)
         refs: list[list[SynthReference]] = []
         excluded: set[frozenset[int]] = set()
-        for member in members:
+        for j, member in enumerate(members):
             util = (attrs - 0.5) @ _taste_vector(member.taste)
             n_refs = int(rng.integers(min_refs, max_refs + 1))
-            member_refs, used = _sample_references(rng, member, names, util, n_refs)
+            if rates is None:
+                member_refs, used = _sample_references(rng, member, names, util, n_refs)
+            else:
+                member_refs, used = _sample_gap_references(
+                    rng, names, util, n_refs, gap=reference_gap, flip=rates[2 * k + j]
+                )
             refs.append(member_refs)
             excluded |= used
 
@@ -229,7 +312,13 @@ def _make_users(
                 label: Literal["A", "B"] = "A" if bool(win_a) == (j == 0) else "B"
                 tests.append(SynthTest(prompt=prompt, image_a=names[a], image_b=names[b], label=label))
             out.append(
-                SynthUserData(user_id=member.user_id, taste=member.taste, references=refs[j], tests=tests)
+                SynthUserData(
+                    user_id=member.user_id,
+                    taste=member.taste,
+                    references=refs[j],
+                    tests=tests,
+                    reference_noise=None if rates is None else rates[2 * k + j],
+                )
             )
     return out
 
@@ -238,7 +327,15 @@ def _make_users(
 
 
 def _check_args(
-    users: int, images: int, min_refs: int, max_refs: int, tests_per_user: int, seed: int, image_size: int
+    users: int,
+    images: int,
+    min_refs: int,
+    max_refs: int,
+    tests_per_user: int,
+    seed: int,
+    image_size: int,
+    reference_noise: float | None = None,
+    reference_gap: float = REFERENCE_GAP,
 ) -> None:
     if users < 1:
         raise ValueError(f"users must be >= 1, got {users}")
@@ -252,6 +349,12 @@ def _check_args(
         raise ValueError(f"seed must be >= 0, got {seed}")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if reference_noise is not None and not 0.0 <= reference_noise <= MAX_REFERENCE_NOISE:
+        raise ValueError(
+            f"reference_noise must be in [0, {MAX_REFERENCE_NOISE}] (a flip rate), got {reference_noise}"
+        )
+    if reference_gap < 0.0:
+        raise ValueError(f"reference_gap must be >= 0, got {reference_gap}")
 
 
 def generate(
@@ -265,16 +368,26 @@ def generate(
     seed: int = 0,
     image_size: int = 256,
     progress: Callable[[int], object] | None = None,
+    reference_noise: float | None = None,
+    reference_gap: float = REFERENCE_GAP,
 ) -> SyntheticSet:
     """Draw an image pool and simulate users; write images/ and manifest.json under `out_dir`.
+
+    References follow Bradley-Terry (`NOISE`) by default. With `reference_noise` (a flip rate in
+    [0, 0.5]), they are pairs with a utility gap >= `reference_gap`, the better image chosen, except in
+    exactly the user's own share of them (rates spread evenly over [0, reference_noise], see `flip_rates`).
+    Test pairs never repeat a reference pair of either member of an opposite pair.
 
     Deterministic for a seed, and idempotent: rerunning rewrites the same bytes and removes stale
     ``images/img_*.png`` left by an earlier, larger run. The image pool does not depend on the user
     settings. `progress(n)` is called with the number of images just written (for a progress bar).
     """
-    _check_args(users, images, min_refs, max_refs, tests_per_user, seed, image_size)
+    _check_args(
+        users, images, min_refs, max_refs, tests_per_user, seed, image_size, reference_noise, reference_gap
+    )
     out_dir = Path(out_dir)
-    image_seq, user_seq = np.random.SeedSequence(seed).spawn(2)
+    # spawn(3)'s first two children are spawn(2)'s: the default set is what it always was
+    image_seq, user_seq, rate_seq = np.random.SeedSequence(seed).spawn(3)
 
     rng = np.random.default_rng(image_seq)
     attrs = rng.uniform(0.0, 1.0, size=(images, len(ATTRIBUTES)))
@@ -294,6 +407,8 @@ def generate(
         min_refs=min_refs,
         max_refs=max_refs,
         tests_per_user=tests_per_user,
+        rates=None if reference_noise is None else flip_rates(users, reference_noise, rate_seq),
+        reference_gap=reference_gap,
     )
     result = SyntheticSet(seed=seed, image_size=image_size, images=pool, users=user_data)
 
@@ -310,7 +425,9 @@ def generate(
 
     manifest = out_dir / MANIFEST
     tmp = manifest.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    # Bradley-Terry sets keep the manifest they always had (no per-user `reference_noise`: null)
+    exclude = {"users": {"__all__": {"reference_noise"}}} if reference_noise is None else None
+    tmp.write_text(result.model_dump_json(indent=2, exclude=exclude) + "\n", encoding="utf-8")
     os.replace(tmp, manifest)
     return result
 

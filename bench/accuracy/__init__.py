@@ -12,6 +12,8 @@ Modules, in the order a run uses them (each one's docstring documents its part):
 - `queue`: registering users, planning against the ledger (what a rerun reuses), judging, reading back;
 - `baselines`: similarity, non-personalized and random, computed in this process;
 - `metrics`: accuracies, rates, users' bootstrap intervals, paired gains;
+- `trust`: how far each judged backend's confidence can be trusted (cross-fitted calibration, ECE,
+  reliability, accuracy above confidence thresholds, context quality against users' accuracy);
 - `run`: one run end to end (`run_accuracy`) and what it measured (`AccuracyReport`);
 - `report`: the terminal table, report.md, report.html and results.json;
 - `synthetic`: the `pigreward demo` set as a benchmark; `convert`: a ranked-images folder (PIGBench's
@@ -46,6 +48,7 @@ from bench.accuracy.metrics import (
     MethodResult,
     Outcome,
     UserAccuracy,
+    VerdictTrust,
     bootstrap_accuracy,
     bootstrap_draws,
     bucket_order,
@@ -58,6 +61,7 @@ from bench.accuracy.report import render_summary, write_reports
 from bench.accuracy.run import AccuracyReport, build_report, run_accuracy
 from bench.accuracy.specs import BackendSpec, parse_backend
 from bench.accuracy.synthetic import run_synthetic, synthetic_dir, synthetic_jsonl
+from bench.accuracy.trust import CalibrationResult, calibration_results, save_calibrations, trust_line
 
 __all__ = [
     "BASELINES",
@@ -73,6 +77,7 @@ __all__ = [
     "Benchmark",
     "BenchmarkError",
     "BucketAccuracy",
+    "CalibrationResult",
     "ConversionError",
     "Gain",
     "Interval",
@@ -80,10 +85,12 @@ __all__ = [
     "MethodResult",
     "Outcome",
     "UserAccuracy",
+    "VerdictTrust",
     "bootstrap_accuracy",
     "bootstrap_draws",
     "bucket_order",
     "build_report",
+    "calibration_results",
     "convert_ranked",
     "default_tenant",
     "image_features",
@@ -97,10 +104,12 @@ __all__ = [
     "render_summary",
     "run_accuracy",
     "run_synthetic",
+    "save_calibrations",
     "similarity_outcomes",
     "similarity_winner",
     "summarize",
     "synthetic_dir",
     "synthetic_jsonl",
+    "trust_line",
     "write_reports",
 ]

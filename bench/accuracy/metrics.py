@@ -34,11 +34,30 @@ LEVEL = 0.95
 
 
 @dataclass(frozen=True)
+class VerdictTrust:
+    """What the ledger says about how sure a backend's verdict is (`bench.accuracy.trust`).
+
+    `confidence` as stored (calibrated when `calibration_version` is set), `confidence_raw` before
+    calibration; both None when the verdict states no winner. `context_quality` is the score of the
+    user's context the judgment used (`workers.trust.quality_score`), None where it was not computed.
+    """
+
+    confidence: float | None = None
+    confidence_raw: float | None = None
+    calibration_version: str | None = None
+    source: str | None = None  # bradley-terry | logprobs | margin
+    context_quality: float | None = None
+    judge_model: str | None = None
+    model_revision: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """One test pair judged by one method.
 
     `status` is the ledger status (baselines use ``done``, or ``rejected`` when they cannot answer);
-    `winner` is A, B, tie, inconsistent, or None without a verdict.
+    `winner` is A, B, tie, inconsistent, or None without a verdict. `trust`: a backend's confidence
+    and context quality as read from the ledger (None for baselines and rows never judged).
     """
 
     user: str
@@ -47,6 +66,7 @@ class Outcome:
     status: str = "done"
     swap: bool = False
     judgment_id: int | None = None
+    trust: VerdictTrust | None = None
 
     @property
     def correct(self) -> bool:

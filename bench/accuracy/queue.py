@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from bench.accuracy.format import Benchmark, BenchmarkError, BenchUser
-from bench.accuracy.metrics import Outcome
+from bench.accuracy.metrics import Outcome, VerdictTrust
 from bench.accuracy.specs import BackendSpec
 from core.enums import JudgmentStatus
 from core.errors import PigrewardError
@@ -52,6 +52,7 @@ from models.users import ensure_user
 from pigreward.progress import bar, wait_for_judgments
 from workers.backends.base import Backend
 from workers.pipeline import Resources, references_hash
+from workers.trust import quality_score
 
 log = logging.getLogger(__name__)
 
@@ -284,9 +285,14 @@ def _bootstrap_contexts(run: BackendRun, tenant: str, *, progress: bool, timeout
 
 
 def read_outcomes(run: BackendRun, bench: Benchmark, engine: sa.Engine) -> tuple[list[Outcome], list[str]]:
-    """The stored verdicts of a backend's test pairs, in file order, and the model versions seen."""
+    """The stored verdicts of a backend's test pairs, in file order, and the model versions seen.
+
+    Each finished verdict carries its trust signals: the confidence as stored and raw, the
+    calibration that was active, and the quality score of the user's context the judgment used.
+    """
     with session_scope(engine) as session:
         rows = judgments_by_ids(session=session, ids=run.ids.values())
+        qualities = _context_qualities(session, {r.context_id for r in rows.values() if r.context_id})
     labels = [(u.user, t.label) for u in bench.users for t in u.tests]
     out = []
     versions: Counter[str] = Counter()
@@ -297,7 +303,39 @@ def read_outcomes(run: BackendRun, bench: Benchmark, engine: sa.Engine) -> tuple
             out.append(Outcome(user, label, None, "missing"))
             continue
         winner = row.winner if row.status == JudgmentStatus.done else None
-        out.append(Outcome(user, label, winner, str(row.status), bool(row.swap), row.id))
+        trust = _trust(row, qualities) if row.status in _FINISHED else None
+        out.append(Outcome(user, label, winner, str(row.status), bool(row.swap), row.id, trust))
         if row.status in _FINISHED:
             versions[f"{row.judge_model} rev {row.model_revision}, template {row.template_version}"] += 1
     return out, [f"{v} ({n})" for v, n in versions.most_common()]
+
+
+def _context_qualities(session: Session, ids: set[int]) -> dict[int, float | None]:
+    """Context id -> the quality score of that context (None where its check was not computed)."""
+    out: dict[int, float | None] = {}
+    distinct = sorted(ids)
+    for start in range(0, len(distinct), 500):
+        stmt = select(UserContext.id, UserContext.quality).where(
+            col(UserContext.id).in_(distinct[start : start + 500])
+        )
+        for context_id, quality in session.exec(stmt):
+            if context_id is not None:
+                out[context_id] = quality_score(dict(quality) if quality else None)
+    return out
+
+
+def _trust(row: Judgment, qualities: dict[int, float | None]) -> VerdictTrust:
+    """A finished verdict's trust signals; the context's stored quality, else the one it was judged with."""
+    signals = row.confidence_signals or {}
+    quality = qualities.get(row.context_id) if row.context_id is not None else None
+    if quality is None and isinstance(signals.get("context_quality"), int | float):
+        quality = float(signals["context_quality"])
+    return VerdictTrust(
+        confidence=row.confidence,
+        confidence_raw=row.confidence_raw,
+        calibration_version=row.calibration_version,
+        source=signals.get("source"),
+        context_quality=quality,
+        judge_model=row.judge_model,
+        model_revision=row.model_revision,
+    )

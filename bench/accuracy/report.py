@@ -1,8 +1,9 @@
 """Rendering an `AccuracyReport`: a terminal table, report.md, a self-contained report.html, results.json.
 
-The HTML page needs nothing from outside: inline CSS and three plots drawn as inline SVG by hand
-(accuracy per method with its users' bootstrap interval, accuracy by number of references, and the
-distribution of per-user accuracies as a box with the users' points).
+The HTML page needs nothing from outside: inline CSS and plots drawn as inline SVG by hand (accuracy
+per method with its users' bootstrap interval, accuracy by number of references, the distribution of
+per-user accuracies as a box with the users' points and, for judged backends whose verdicts carry a
+confidence, a reliability diagram each and one coverage-vs-accuracy curve).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.accuracy.metrics import Interval, bucket_order
+from bench.accuracy.trust import (
+    HEADLINE_THRESHOLD,
+    CalibrationResult,
+    ConfidenceMeasure,
+    excluded_text,
+    trust_line,
+    versions_text,
+)
 
 if TYPE_CHECKING:
     from bench.accuracy.run import AccuracyReport
@@ -161,6 +170,19 @@ DEFINITIONS = (
     "Baselines: similarity = nearest centroid of the user's chosen vs rejected reference images on "
     "standardised lite features; non-personalized = one lite model fitted on all users' references "
     "pooled; random = a seeded fair coin.",
+    "Confidence: the probability that the user prefers the stated winner, stored with each judged "
+    "verdict (raw, and calibrated where a calibration of the judge's model version was active); ties, "
+    "disagreeing orders and invalid output carry none and are left out of the calibration measures.",
+    "Cross-fitted: users split into two folds by a seeded shuffle; a calibration (raw confidence and the "
+    "user's context quality) fitted on one fold's test verdicts gives the other fold's confidences, and "
+    "vice versa, so no verdict is scored by a map fitted on its own user.",
+    "ECE (expected calibration error): over 10 equal-width confidence bins, the share of verdicts in "
+    "each bin times |accuracy - mean confidence|, summed; 0 is perfectly calibrated.",
+    f"Accuracy at confidence >= t: the share correct among the verdicts whose confidence is at least t; "
+    f"coverage: their share of the verdicts with a confidence (the summary quotes t = {HEADLINE_THRESHOLD:g}).",
+    "Spearman(context quality, user accuracy): rank correlation, over users whose context quality was "
+    "computed, between the score of the user's context ((correct + 1) / (held out + 2) of its leave-one-out "
+    "check on the user's references) and the user's accuracy with tie on the test pairs.",
 )
 
 
@@ -210,6 +232,12 @@ def render_summary(report: AccuracyReport) -> str:
             f"ledger {name}: {c.judgments} pairs, {c.reused} reused, {c.submitted} submitted, "
             f"{c.rejudged} re-judged"
         )
+    for cal in report.calibration:
+        out.append(trust_line(cal))
+        if cal.saved_calibration:
+            out.append(f"calibration saved for {cal.method}: {cal.saved_calibration}")
+        if cal.save_note:
+            out.append(f"calibration not saved for {cal.method}: {cal.save_note}")
     out.append("accuracy counts ties and invalid output as wrong; CI: users resampled (bootstrap)")
     if report.files:
         out.append("report: " + ", ".join(report.files.values()))
@@ -244,6 +272,10 @@ def render_markdown(report: AccuracyReport) -> str:
     if report.gains:
         parts += ["", "## Gains over the baselines (paired bootstrap over users)", ""]
         parts.append(_md_table(("method", "baseline", "difference", "95% CI"), gain_rows(report)))
+    if report.calibration:
+        parts += ["", "## Confidence and calibration", "", CALIBRATION_INTRO]
+        for c in report.calibration:
+            parts += ["", *_md_calibration(c, report.seed)]
     parts += ["", "## Accuracy by number of references (with tie)", "", _md_table(b_header, b_rows)]
     parts += ["", "## Per user (accuracy with tie)", "", _md_table(u_header, u_rows)]
     if report.ledger:
@@ -256,6 +288,113 @@ def render_markdown(report: AccuracyReport) -> str:
         parts += ["", f"Time: {stages}; total {report.seconds:.1f} s."]
     parts.append("")
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+CALIBRATION_INTRO = (
+    "Per judged backend, from the confidence stored with each test verdict in the ledger: expected "
+    "calibration error of the raw confidence, of the confidence as stored, and of a calibration "
+    "cross-fitted on the other fold of users; accuracy above confidence thresholds; and whether users "
+    "whose context predicts their own references well are the users judged accurately."
+)
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def calibration_facts(c: CalibrationResult, seed: int | None = None) -> list[str]:
+    """What was measured and left out, as sentences."""
+    facts = [excluded_text(c) + "."]
+    if c.sources:
+        facts.append("Raw confidence from: " + ", ".join(f"{k} ({n})" for k, n in c.sources.items()) + ".")
+    facts.append(f"Calibration active when judged: {versions_text(c)}.")
+    if c.cross_fitted is not None:
+        seeded = f", seed {seed}" if seed is not None else ""
+        facts.append(
+            f"Cross-fitted over {len(c.fold_users)} folds of users ({' + '.join(map(str, c.fold_users))} "
+            f"users, {' + '.join(map(str, c.fold_verdicts))} verdicts{seeded})."
+        )
+    else:
+        facts.append(f"No cross-fitted calibration: {c.cross_fit_note}.")
+    if c.spearman is not None:
+        facts.append(
+            f"Spearman(context quality, user accuracy) = {c.spearman:.3f} over {c.spearman_users} users."
+        )
+    else:
+        facts.append(f"Spearman(context quality, user accuracy) undefined: {c.spearman_note}.")
+    if c.saved_calibration:
+        facts.append(f"Saved calibration (fitted on all test verdicts): {c.saved_calibration}.")
+    if c.save_note:
+        facts.append(f"Calibration not saved: {c.save_note}.")
+    return facts
+
+
+def ece_rows(c: CalibrationResult) -> list[list[str]]:
+    rows = [
+        ["raw", _num(c.raw.ece), str(c.with_confidence)],
+        [f"as stored ({versions_text(c)})", _num(c.stored.ece), str(c.with_confidence)],
+    ]
+    if c.cross_fitted is not None:
+        rows.append(["cross-fitted", _num(c.cross_fitted.ece), str(c.with_confidence)])
+    return rows
+
+
+def _measures(c: CalibrationResult) -> list[tuple[str, ConfidenceMeasure]]:
+    """The confidences a table compares: the headline one first, then raw."""
+    kind, headline = c.headline
+    return [(kind, headline), ("raw", c.raw)] if kind != "raw" else [("raw", c.raw)]
+
+
+def reliability_rows(c: CalibrationResult) -> tuple[list[str], list[list[str]]]:
+    measures = _measures(c)
+    header = ["confidence bin"]
+    for name, _ in measures:
+        header += [f"verdicts ({name})", f"mean confidence ({name})", f"accuracy ({name})"]
+    rows = []
+    for i, b in enumerate(measures[0][1].reliability):
+        cells = [f"{b.lower:.1f}-{b.upper:.1f}"]
+        for _, m in measures:
+            x = m.reliability[i]
+            cells += [str(x.count), _num(x.confidence), pct(x.accuracy)]
+        if any(m.reliability[i].count for _, m in measures):
+            rows.append(cells)
+    return header, rows
+
+
+def coverage_rows(c: CalibrationResult) -> tuple[list[str], list[list[str]]]:
+    measures = _measures(c)
+    header = ["confidence >="]
+    for name, _ in measures:
+        header += [f"verdicts ({name})", f"coverage ({name})", f"accuracy ({name})"]
+    rows = []
+    for i, p in enumerate(measures[0][1].coverage):
+        cells = [f"{p.threshold:g}"]
+        for _, m in measures:
+            x = m.coverage[i]
+            cells += [str(x.count), pct(x.coverage), pct(x.accuracy)]
+        rows.append(cells)
+    return header, rows
+
+
+def _md_calibration(c: CalibrationResult, seed: int | None = None) -> list[str]:
+    parts = [f"### {c.method}", "", trust_line(c), ""]
+    parts += [f"- {fact}" for fact in calibration_facts(c, seed)]
+    if not c.with_confidence:
+        return parts
+    r_header, r_rows = reliability_rows(c)
+    c_header, c_rows = coverage_rows(c)
+    parts += ["", _md_table(("confidence", "ECE", "verdicts"), ece_rows(c))]
+    parts += ["", f"Reliability ({c.headline[0]} and raw confidence, 10 equal-width bins):", ""]
+    parts.append(_md_table(r_header, r_rows))
+    parts += [
+        "",
+        f"Accuracy above confidence thresholds (of {c.with_confidence} verdicts with a confidence):",
+        "",
+    ]
+    parts.append(_md_table(c_header, c_rows))
+    return parts
 
 
 # ------------------------------------------------------------------------------------------ SVG plots
@@ -439,6 +578,184 @@ def svg_per_user(report: AccuracyReport) -> str:
     return "\n".join(out)
 
 
+def svg_reliability(c: CalibrationResult, ident: str, colour: str) -> str:
+    """Reliability diagram: per non-empty bin, mean confidence (x) against accuracy (y) of the headline
+    confidence (filled points, joined) and of the raw one (hollow); the diagonal is perfect
+    calibration; bars along the bottom are the headline bins' verdict counts."""
+    kind, m = c.headline
+    width, height = 460, 440
+    left, right, top, bottom = 56, width - 20, 16, height - 130
+    strip_top, strip_bottom = bottom + 56, height - 20  # the counts' bars
+    scale_x, scale_y = right - left, bottom - top
+    title = f"Reliability of {c.method}'s confidence ({kind}; raw hollow)"
+    out = _svg_open(width, height, title, ident)
+    for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        x, y = left + tick * scale_x, bottom - tick * scale_y
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{tick:.1f}</text>')
+        out.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" fill="#444">{tick:.1f}</text>')
+    out.append(
+        f'<line class="diagonal" x1="{left}" y1="{bottom}" x2="{right}" y2="{top}" stroke="#888" '
+        'stroke-dasharray="5 4"/>'
+    )
+    out.append(
+        f'<text x="{(left + right) / 2:.1f}" y="{bottom + 32}" text-anchor="middle" fill="#444">'
+        "mean confidence in bin</text>"
+    )
+    out.append(
+        f'<text x="14" y="{(top + bottom) / 2:.1f}" text-anchor="middle" fill="#444" '
+        f'transform="rotate(-90 14 {(top + bottom) / 2:.1f})">accuracy in bin</text>'
+    )
+    raw = [b for b in c.raw.reliability if b.count] if kind != "raw" else []
+    for b in raw:
+        x, y = left + (b.confidence or 0.0) * scale_x, bottom - (b.accuracy or 0.0) * scale_y
+        out.append(
+            f'<circle class="bin-raw" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="none" stroke="#777">'
+            f"<title>raw {b.lower:.1f}-{b.upper:.1f}: confidence {b.confidence:.3f}, accuracy "
+            f"{pct(b.accuracy)}, {b.count} verdicts</title></circle>"
+        )
+    bins = [b for b in m.reliability if b.count]
+    coords = [(left + (b.confidence or 0.0) * scale_x, bottom - (b.accuracy or 0.0) * scale_y) for b in bins]
+    if len(coords) > 1:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+    most = max((b.count for b in bins), default=1)
+    bar_w = scale_x / len(m.reliability)
+    for b, (x, y) in zip(bins, coords, strict=True):
+        out.append(
+            f'<circle class="bin" cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}">'
+            f"<title>{kind} {b.lower:.1f}-{b.upper:.1f}: confidence {b.confidence:.3f}, accuracy "
+            f"{pct(b.accuracy)}, {b.count} verdicts</title></circle>"
+        )
+        h = max(1.0, b.count / most * (strip_bottom - strip_top))
+        bx = left + b.lower * scale_x + 1
+        out.append(
+            f'<rect class="bin-count" x="{bx:.1f}" y="{strip_bottom - h:.1f}" width="{bar_w - 2:.1f}" '
+            f'height="{h:.1f}" fill="{colour}" opacity="0.35"><title>{b.count} verdicts</title></rect>'
+        )
+        out.append(
+            f'<text x="{bx + (bar_w - 2) / 2:.1f}" y="{strip_bottom - h - 3:.1f}" text-anchor="middle" '
+            f'fill="#444" font-size="10">{b.count}</text>'
+        )
+    out.append(
+        f'<line x1="{left}" y1="{strip_bottom}" x2="{right}" y2="{strip_bottom}" stroke="#aaa"/>'
+        f'<text x="{left - 6}" y="{strip_bottom}" text-anchor="end" fill="#777" font-size="10">n</text>'
+    )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _coverage_points(c: CalibrationResult) -> list[tuple[float, float | None, str]]:
+    """(coverage, accuracy, label): every verdict with a confidence, then each threshold that keeps
+    some; a threshold keeping the same verdicts as the point before joins that point's label."""
+    out: list[tuple[float, float | None, str]] = [(1.0, c.accuracy, "all")]
+    counts = [c.with_confidence]
+    for p in c.headline[1].coverage:
+        if not p.count:
+            continue
+        if p.count == counts[-1]:
+            cov, acc, label = out[-1]
+            out[-1] = (cov, acc, f"{label}, >={p.threshold:g}")
+            continue
+        out.append((p.coverage, p.accuracy, f">={p.threshold:g}"))
+        counts.append(p.count)
+    return out
+
+
+def svg_coverage(report: AccuracyReport, ident: str = "svg-coverage") -> str:
+    """Coverage (share of verdicts kept) against their accuracy, as the confidence threshold rises:
+    one curve per judged backend, starting from all verdicts with a confidence."""
+    col = colours(report)
+    shown = [c for c in report.calibration if c.with_confidence]
+    width, height = 720, 340
+    left, right, top, bottom = 56, width - 170, 16, height - 48
+    points = {c.method: _coverage_points(c) for c in shown}
+    values = [a for pts in points.values() for _, a, _ in pts if a is not None]
+    low = min(0.5, math.floor(10 * min(values, default=0.5)) / 10)
+    out = _svg_open(width, height, "Accuracy against coverage as the confidence threshold rises", ident)
+    for i in range(int(round((1.0 - low) * 10)) + 1):
+        tick = low + i / 10
+        y = bottom - (tick - low) / (1.0 - low) * (bottom - top)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{100 * tick:.0f}%</text>'
+        )
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = left + tick * (right - left)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>')
+        out.append(
+            f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" fill="#444">{100 * tick:.0f}%</text>'
+        )
+    out.append(
+        f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="#444">'
+        "coverage: share of verdicts at or above the threshold</text>"
+    )
+    out.append(
+        f'<text x="14" y="{(top + bottom) / 2:.1f}" text-anchor="middle" fill="#444" '
+        f'transform="rotate(-90 14 {(top + bottom) / 2:.1f})">accuracy</text>'
+    )
+    for n, c in enumerate(shown):
+        kind = c.headline[0]
+        pts = [(x, a, lbl) for x, a, lbl in points[c.method] if a is not None]
+        coords = [
+            (left + x * (right - left), bottom - (a - low) / (1.0 - low) * (bottom - top)) for x, a, _ in pts
+        ]
+        out.append(f'<g class="series" data-method="{_esc(c.method)}">')
+        if len(coords) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{col[c.method]}" stroke-width="2"/>')
+        for (x, y), (cov, acc, lbl) in zip(coords, pts, strict=True):
+            out.append(
+                f'<circle class="coverage" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{col[c.method]}">'
+                f"<title>{_esc(c.method)} confidence {lbl} ({kind}): accuracy {pct(acc)}, coverage "
+                f"{pct(cov)}</title></circle>"
+            )
+            out.append(f'<text x="{x + 6:.1f}" y="{y - 6:.1f}" fill="#555" font-size="10">{_esc(lbl)}</text>')
+        out.append("</g>")
+        ly = top + 8 + 18 * n
+        out.append(
+            f'<line x1="{right + 14}" y1="{ly}" x2="{right + 38}" y2="{ly}" stroke="{col[c.method]}" '
+            f'stroke-width="2"/><text x="{right + 44}" y="{ly + 4}" fill="#222">{_esc(c.method)} ({kind})</text>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _html_calibration(report: AccuracyReport) -> list[str]:
+    col = colours(report)
+    parts = ["<h2>Confidence and calibration</h2>", f"<p>{_esc(CALIBRATION_INTRO)}</p>"]
+    for i, c in enumerate(report.calibration):
+        parts += [f"<h3>{_esc(c.method)}</h3>", f"<p><strong>{_esc(trust_line(c))}</strong></p>", "<ul>"]
+        parts += [f"<li>{_esc(fact)}</li>" for fact in calibration_facts(c, report.seed)]
+        parts.append("</ul>")
+        if not c.with_confidence:
+            continue
+        r_header, r_rows = reliability_rows(c)
+        c_header, c_rows = coverage_rows(c)
+        parts += [
+            _html_table(("confidence", "ECE", "verdicts"), ece_rows(c)),
+            "<figure>",
+            svg_reliability(c, f"svg-reliability-{i}", col[c.method]),
+            f"<figcaption>Reliability diagram: per bin of the {_esc(c.headline[0])} confidence (10 "
+            "equal-width bins), its mean confidence against the share of verdicts that were right; hollow "
+            "points: the raw confidence. On the dashed diagonal a confidence means what it says. Bars: "
+            "verdicts per bin.</figcaption>",
+            "</figure>",
+            _html_table(r_header, r_rows),
+            _html_table(c_header, c_rows),
+        ]
+    if any(c.with_confidence for c in report.calibration):
+        parts += [
+            "<figure>",
+            svg_coverage(report),
+            "<figcaption>Accuracy of the verdicts at or above each confidence threshold against their "
+            "share (coverage); the first point is every verdict with a confidence.</figcaption>",
+            "</figure>",
+        ]
+    return parts
+
+
 # ------------------------------------------------------------------------------------------ HTML
 
 CSS = (
@@ -505,6 +822,8 @@ def render_html(report: AccuracyReport) -> str:
                 ("method", "baseline", "difference", "95% CI (paired, users resampled)"), gain_rows(report)
             ),
         ]
+    if report.calibration:
+        parts += _html_calibration(report)
     parts += [
         "<h2>Accuracy by number of references</h2>",
         "<figure>",

@@ -37,6 +37,7 @@ from bench.accuracy.queue import (
 )
 from bench.accuracy.report import write_reports
 from bench.accuracy.specs import BackendSpec, parse_backend
+from bench.accuracy.trust import CalibrationResult, calibration_results, save_calibrations
 from core.settings import Settings
 from models.db import upgrade
 from workers.pipeline import Resources
@@ -66,6 +67,7 @@ class AccuracyReport:
     out_dir: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
+    calibration: list[CalibrationResult] = field(default_factory=list)  # per judged backend
 
     def method(self, name: str) -> MethodResult:
         for m in self.methods:
@@ -89,11 +91,23 @@ class AccuracyReport:
 
 
 def _outcome_dict(o: Outcome) -> dict[str, Any]:
-    """One outcome in results.json: `swap` and `judgment_id` only where they say something."""
+    """One outcome in results.json: `swap`, `judgment_id` and trust signals only where they say something."""
+    trust = o.trust
+    signals = (
+        {
+            "confidence": trust.confidence,
+            "confidence_raw": trust.confidence_raw,
+            "calibration_version": trust.calibration_version,
+            "context_quality": trust.context_quality,
+        }
+        if trust is not None
+        else {}
+    )
     return (
         {"user": o.user, "label": o.label, "winner": o.winner, "status": o.status}
         | ({"swap": True} if o.swap else {})
         | ({"judgment_id": o.judgment_id} if o.judgment_id is not None else {})
+        | {k: v for k, v in signals.items() if v is not None}
     )
 
 
@@ -143,6 +157,7 @@ def build_report(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         batch_id=batch_id,
         outcomes=dict(outcomes),
+        calibration=calibration_results(outcomes, kinds, seed=seed),
     )
 
 
@@ -175,12 +190,15 @@ def run_accuracy(
     chunk_size: int = 50,
     draws: int = BOOTSTRAP_DRAWS,
     timeout_s: float = 24 * 3600.0,
+    save_calibration: bool = False,
 ) -> AccuracyReport:
     """Judge a benchmark file with each backend through the queue, add the baselines, write the report.
 
     `settings` must be the process's active settings (`get_settings()`): workers and resources read
     them too. `out_dir` None writes no files. Re-running reuses every judgment already stored for the
     current versions (`bench.accuracy.queue`, "Resuming"). Raises `BenchmarkError` for unusable input.
+    `save_calibration`: fit a confidence calibration on all test verdicts of each backend and store it
+    (`bench.accuracy.trust.save_calibrations`); workers apply the newest one of their model version.
     """
     from tasks.runtime import get_resources
 
@@ -227,6 +245,16 @@ def run_accuracy(
         stages=stages.seconds,
         batch_id=batch_id,
     )
+    if save_calibration:
+        save_calibrations(
+            report.calibration,
+            outcomes,
+            {r.spec.label: r.spec.name for r in runs},
+            dataset=bench.name,
+            engine=res.db,
+        )
+        stages.done("calibration")
+    report.stages = dict(stages.seconds)
     report.seconds = stages.total()
     if out_dir is not None:
         _write(report, Path(out_dir))

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from bench.accuracy import BenchmarkError, render_summary, run_accuracy, run_synthetic
+from bench.accuracy import synthetic as synthetic_bench
 from bench.accuracy.convert import ConversionError, convert_ranked
 from bench.optimization import render, run_bench
 from core.settings import get_settings
@@ -44,22 +45,72 @@ def bench() -> None:
 )
 @click.option("--no-baselines", is_flag=True, help="Skip random, non-personalized and similarity baselines.")
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--reference-noise",
+    type=click.FloatRange(0.0, 0.5),
+    default=synthetic_bench.REFERENCE_NOISE,
+    show_default=True,
+    help="--synthetic: each user's references are clear pairs (utility gap >= 0.3), the worse image "
+    "chosen in the user's own share of them (flip rate), the rates spread evenly over [0, this] across users, so contexts differ in "
+    "how far they can be trusted (what context quality and calibrated confidence must detect).",
+)
+@click.option(
+    "--references",
+    "references",
+    default=f"{synthetic_bench.MIN_REFS}-{synthetic_bench.MAX_REFS}",
+    show_default=True,
+    metavar="MIN-MAX",
+    help="--synthetic: reference pairs per user (MIN-MAX or one number). A context's leave-one-out "
+    "accuracy on fewer than about 30 references is mostly noise.",
+)
+@click.option(
+    "--tests-per-user",
+    type=click.IntRange(1),
+    default=synthetic_bench.TESTS_PER_USER,
+    show_default=True,
+    help="--synthetic: test pairs per user. A user's accuracy needs about 100 to be measured to +-0.04, "
+    "which correlating users' context quality with their accuracy relies on.",
+)
+@click.option(
+    "--save-calibration",
+    is_flag=True,
+    help="After the run, fit a confidence calibration on all test verdicts of each judged backend and "
+    "store it (source bench:<dataset>); workers apply the newest one of their judge's model version.",
+)
 @click.option("--no-progress", is_flag=True)
+@click.pass_context
 def bench_accuracy(
+    ctx: click.Context,
     input_path: Path | None,
     synthetic_users: int | None,
     out_dir: Path,
     backends: tuple[str, ...],
     no_baselines: bool,
     seed: int,
+    reference_noise: float,
+    references: str,
+    tests_per_user: int,
+    save_calibration: bool,
     no_progress: bool,
 ) -> None:
-    """How often each backend agrees with each person: the paper's metrics and more, with baselines.
+    """How often each backend agrees with each person: the paper's metrics and more, with baselines,
+    and how far each backend's confidence can be trusted (calibration, accuracy at high confidence,
+    context quality against users' accuracy).
 
-    INPUT_PATH is the harness JSONL (one line per user); or --synthetic N. Runs through the queue and
-    is resumable: judgments already stored for the same versions are reused.
+    INPUT_PATH is the harness JSONL (one line per user); without it, the synthetic set of --synthetic N
+    users (20 by default). Runs through the queue and is resumable: judgments already stored for the
+    same versions are reused.
     """
     settings = get_settings()
+    if input_path is not None:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("reference_noise", "references", "tests_per_user")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply to --synthetic, not to INPUT_PATH")
+    min_refs, max_refs = _refs_range(references)
     try:
         if input_path is None:
             report = run_synthetic(
@@ -70,6 +121,11 @@ def bench_accuracy(
                 backends=backends,
                 baselines=not no_baselines,
                 progress=not no_progress,
+                reference_noise=reference_noise,
+                min_refs=min_refs,
+                max_refs=max_refs,
+                tests_per_user=tests_per_user,
+                save_calibration=save_calibration,
             )
         else:
             report = run_accuracy(
@@ -80,10 +136,25 @@ def bench_accuracy(
                 baselines=not no_baselines,
                 progress=not no_progress,
                 seed=seed,
+                save_calibration=save_calibration,
             )
     except BenchmarkError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(render_summary(report))
+
+
+def _refs_range(text: str) -> tuple[int, int]:
+    """``20-30`` or ``25``: the least and most reference pairs per user."""
+    low, sep, high = text.strip().partition("-")
+    try:
+        lo, hi = int(low), int(high if sep else low)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected MIN-MAX, e.g. 20-30", param_hint="--references"
+        ) from None
+    if not 0 <= lo <= hi:
+        raise click.BadParameter(f"{text!r}: need 0 <= MIN <= MAX", param_hint="--references")
+    return lo, hi
 
 
 @bench.command("convert")

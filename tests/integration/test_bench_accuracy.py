@@ -30,7 +30,9 @@ from core.settings import get_settings
 from tasks.runtime import get_db, get_resources
 
 settings = get_settings()
-path = synthetic_jsonl(settings.resolved_image_root / "bench" / "syn", users=int(sys.argv[1]), seed=0)
+path = synthetic_jsonl(
+    settings.resolved_image_root / "bench" / "syn", users=int(sys.argv[1]), seed=0, tests_per_user=10
+)
 report = run_accuracy(settings, path, Path(sys.argv[2]), ["lite", "lite:swap"], True, False)
 with get_db().connect() as conn:
     rows = conn.execute(text("select count(*) from judgment")).scalar_one()
@@ -84,7 +86,8 @@ def test_lite_beats_the_non_personalized_and_random_baselines(runs) -> None:  # 
     for name in ("report.md", "report.html", "results.json"):
         assert (tmp / "out1" / name).is_file()
     page = (tmp / "out1" / "report.html").read_text()
-    assert page.count("<svg") == 3 and all(f'data-method="{x}"' in page for x in m)
+    # 3 accuracy plots, a reliability diagram per judged backend (lite, lite:swap), the coverage curve
+    assert page.count("<svg") == 3 + 2 + 1 and all(f'data-method="{x}"' in page for x in m)
 
 
 def test_a_second_run_reuses_every_judgment_and_adds_no_rows(runs) -> None:  # type: ignore[no-untyped-def]

@@ -162,7 +162,7 @@ def test_refs_add_then_judge_for_a_new_user(tmp_path: Path) -> None:
 
 def test_db_upgrade_and_worker_refusal_on_the_embedded_broker(tmp_path: Path) -> None:
     up = run_cli(tmp_path, "db", "upgrade")
-    assert "database at revision 0006" in up.stdout
+    assert "database at revision 0007" in up.stdout
     worker = run_cli(tmp_path, "worker", check=False)
     assert worker.returncode != 0
     assert "memory://" in worker.stderr and "PIGREWARD_BROKER_URL" in worker.stderr
@@ -381,19 +381,19 @@ def test_bench_convert_then_accuracy_on_the_ranked_fixture(tmp_path: Path) -> No
 
 def test_db_current_history_and_downgrade(tmp_path: Path) -> None:
     fresh = run_cli(tmp_path, "db", "current")
-    assert "no schema yet" in fresh.stdout and "0006" in fresh.stdout
+    assert "no schema yet" in fresh.stdout and "0007" in fresh.stdout
     run_cli(tmp_path, "db", "upgrade")
-    assert "at revision 0006 (the newest)" in run_cli(tmp_path, "db", "current").stdout
+    assert "at revision 0007 (the newest)" in run_cli(tmp_path, "db", "current").stdout
     history = run_cli(tmp_path, "db", "history").stdout.splitlines()
-    assert [line.split()[0] for line in history] == ["0001", "0002", "0003", "0004", "0005", "0006"]
-    assert history[-1].endswith("<- current") and "decoding" in history[-1]
+    assert [line.split()[0] for line in history] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert history[-1].endswith("<- current") and "trust signals" in history[-1]
     down = run_cli(tmp_path, "db", "downgrade", "-1", "--yes")
-    assert "database at revision 0005" in down.stdout
+    assert "database at revision 0006" in down.stdout
     behind = run_cli(tmp_path, "db", "current").stdout
-    assert "at revision 0005; newest is 0006, run `pigreward db upgrade`" in behind
+    assert "at revision 0006; newest is 0007, run `pigreward db upgrade`" in behind
     refused = run_cli(tmp_path, "db", "downgrade", "base", check=False, stdin="n\n")
     assert refused.returncode != 0 and "Aborted" in refused.stderr
-    assert "at revision 0005" in run_cli(tmp_path, "db", "current").stdout  # nothing was dropped
+    assert "at revision 0006" in run_cli(tmp_path, "db", "current").stdout  # nothing was dropped
 
 
 def _png(color: tuple[int, int, int]) -> bytes:

@@ -20,11 +20,12 @@ TABLES = {
     "dimension_score",
     "batch",
     "reconcile_state",
+    "calibration",
 }
 
 
 def _roundtrip(url: str) -> None:
-    assert upgrade(url) == "0006"
+    assert upgrade(url) == "0007"
     engine = make_engine(url)
     assert set(sa.inspect(engine).get_table_names()) >= TABLES
     engine.dispose()
@@ -33,7 +34,7 @@ def _roundtrip(url: str) -> None:
     engine = make_engine(url)
     assert not TABLES & set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert upgrade(url) == "0006"
+    assert upgrade(url) == "0007"
 
 
 def test_migrations_roundtrip_on_postgres() -> None:

@@ -326,3 +326,95 @@ def test_draw_image_size_and_determinism() -> None:
     np.testing.assert_array_equal(np.asarray(im), np.asarray(draw_image(p, 48)))
     with pytest.raises(ValueError):
         draw_image(p, 8)
+
+
+# ---------------------------------------------------------------------------- reference noise
+
+NOISY = dict(users=10, images=80, min_refs=20, max_refs=30, tests_per_user=30, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def noisy_set(tmp_path_factory: pytest.TempPathFactory) -> syn.SyntheticSet:
+    return generate(tmp_path_factory.mktemp("noisy"), seed=2, reference_noise=0.4, **NOISY)
+
+
+def _flipped(data: syn.SyntheticSet, user: syn.SynthUserData) -> int:
+    return sum(
+        utility(user.taste, data.images[r.chosen]) < utility(user.taste, data.images[r.rejected])
+        for r in user.references
+    )
+
+
+def test_the_default_set_is_byte_identical_to_the_bradley_terry_generator(tmp_path: Path) -> None:
+    """The `pigreward demo` set must not change: this manifest is what the generator wrote before
+    reference noise existed (same seed and settings)."""
+    import hashlib
+
+    generate(tmp_path, users=5, images=30, tests_per_user=4, seed=7, image_size=16)
+    text = (tmp_path / "manifest.json").read_bytes()
+    assert b"reference_noise" not in text
+    assert (
+        hashlib.sha256(text).hexdigest() == "21c960edb082f87011330f3ed83d4facae8242ff0b7f08f20cd8ae5ba78fd148"
+    )
+
+
+def test_flip_rates_spread_evenly_over_zero_to_the_maximum_and_are_recorded(
+    tmp_path: Path, noisy_set: syn.SyntheticSet
+) -> None:
+    rates = [u.reference_noise for u in noisy_set.users]
+    assert all(r is not None for r in rates)
+    assert sorted(rates) == pytest.approx(list(np.linspace(0.0, 0.4, 10)), abs=1e-6)  # type: ignore[arg-type]
+    # a seeded permutation: not in user order, and opposite-pair members never get neighbouring rates
+    assert rates != sorted(rates)  # type: ignore[type-var]
+    rank = {r: i for i, r in enumerate(sorted(rates))}  # type: ignore[type-var]
+    assert all(abs(rank[a] - rank[b]) > 1 for a, b in zip(rates[::2], rates[1::2], strict=True))
+    again = generate(tmp_path, seed=2, reference_noise=0.4, **NOISY)
+    assert again == noisy_set and load(tmp_path) == noisy_set
+    assert [u.reference_noise for u in load(tmp_path).users] == rates
+
+
+def test_noisy_references_have_the_gap_and_flip_at_the_users_rate(noisy_set: syn.SyntheticSet) -> None:
+    flips, expected = 0, 0.0
+    for u in noisy_set.users:
+        assert 20 <= len(u.references) <= 30
+        for r in u.references:
+            gap = abs(
+                utility(u.taste, noisy_set.images[r.chosen]) - utility(u.taste, noisy_set.images[r.rejected])
+            )
+            assert gap >= syn.REFERENCE_GAP
+        flipped = _flipped(noisy_set, u)
+        if u.reference_noise == 0.0:
+            assert flipped == 0  # the cleanest user's references all follow the taste
+        flips += flipped
+        expected += (u.reference_noise or 0.0) * len(u.references)
+    assert abs(flips - expected) < 3 * np.sqrt(expected)  # ~0.2 x 250 references flipped in all
+    clean = min(noisy_set.users, key=lambda u: u.reference_noise or 0.0)
+    noisy = max(noisy_set.users, key=lambda u: u.reference_noise or 0.0)
+    assert _flipped(noisy_set, noisy) / len(noisy.references) > _flipped(noisy_set, clean) / len(
+        clean.references
+    )
+
+
+def test_noisy_references_stay_disjoint_from_the_tests(noisy_set: syn.SyntheticSet) -> None:
+    pairs = {u.user_id: {frozenset((r.chosen, r.rejected)) for r in u.references} for u in noisy_set.users}
+    for first, second in zip(noisy_set.users[::2], noisy_set.users[1::2], strict=True):
+        refs = pairs[first.user_id] | pairs[second.user_id]
+        for u in (first, second):
+            assert len(u.tests) == 30
+            assert not refs & {frozenset((t.image_a, t.image_b)) for t in u.tests}
+
+
+def test_reference_noise_is_a_rate_and_the_gap_must_be_reachable(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="reference_noise"):
+        generate(tmp_path, reference_noise=0.6, **NOISY)
+    with pytest.raises(ValueError, match="reference_gap"):
+        generate(tmp_path, reference_noise=0.1, reference_gap=-1.0, **NOISY)
+    with pytest.raises(ValueError, match="utility gap >= 50"):
+        generate(tmp_path, reference_noise=0.1, reference_gap=50.0, **NOISY)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_images_do_not_depend_on_reference_noise(tmp_path: Path, noisy_set: syn.SyntheticSet) -> None:
+    plain = generate(tmp_path, seed=2, **NOISY)
+    assert plain.images == noisy_set.images
+    assert all(u.reference_noise is None for u in plain.users)
