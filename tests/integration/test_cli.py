@@ -348,10 +348,14 @@ def test_bench_optimize_meets_the_70_percent_goal(tmp_path: Path) -> None:
     shown = run_cli(tmp_path, "optimize", "show", "1")
     assert "done" in shown.stdout and "file://optimize/1/r1-c0.png" in shown.stdout
     exported = run_cli(tmp_path, "optimize", "export", "1")
-    import json
-
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
-    assert rows and {"prompt", "chosen", "rejected", "user", "evidence"} <= set(rows[0])
+    assert rows and {"prompt", "chosen", "rejected", "user", "evidence", "confidence"} <= set(rows[0])
+    cut = sorted(r["confidence"] for r in rows)[len(rows) // 2]
+    confident = run_cli(tmp_path, "optimize", "export", "1", "--min-confidence", str(cut))
+    kept = [json.loads(line) for line in confident.stdout.splitlines()]
+    assert kept and all(r["confidence"] >= cut for r in kept)
+    assert len(kept) == sum(r["confidence"] >= cut for r in rows)
+    assert f"below confidence {cut:g} left out" in confident.stderr or len(kept) == len(rows)
 
 
 @pytest.mark.slow  # a full accuracy run

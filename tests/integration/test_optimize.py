@@ -71,6 +71,8 @@ def test_an_optimization_stores_rounds_candidates_judgments_and_dpo_pairs(stack,
         r["chosen"] != r["rejected"] and r["user"] == "opt-user" and r["evidence"] for r in rows
     )
     assert any("warm golden light" in r["chosen"] and "warm golden light" not in r["rejected"] for r in rows)
+    # each DPO pair says how sure its verdict is (what `optimize export --min-confidence` filters on)
+    assert all(0.5 < r["confidence"] <= 1.0 for r in rows)
 
 
 def test_delay_records_the_run_first_and_deleting_the_user_removes_it(stack, images) -> None:  # type: ignore[no-untyped-def]

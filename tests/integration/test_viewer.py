@@ -83,6 +83,8 @@ def test_judgment_page_shows_both_images_and_the_dimension_table(server, judged,
     # the page says which image the model saw as "Image 1" (the name its reasons use)
     assert "shown to the model as Image 1" in dom and "shown to the model as Image 2" in dom
     assert 'where Image A was "Image 1"' in dom and "none (no model)" in dom  # lite: no decoding
+    # how sure the verdict is, and that no calibration of this model version exists yet
+    assert re.search(r"Confidence: <strong>\d+%</strong> that this user prefers Image A \(uncalibrated", dom)
     shot = tmp_path / "judgment.png"
     chromium("--window-size=1200,1500", f"--screenshot={shot}", url, profile=tmp_path / "p2")
     assert shot.is_file() and shot.stat().st_size > 20_000
@@ -102,6 +104,10 @@ def test_viewer_pages_need_a_key_and_respect_tenants(server, judged) -> None:  #
     assert foreign.status_code == 404
     own = httpx.get(f"{server}/ui/users/viewer-user", cookies={"pigreward_key": key})
     assert own.status_code == 200 and "Reference pairs (6)" in own.text and 'id="rationales"' in own.text
+    # the context's leave-one-out check (on for lite): six held-out choices
+    assert re.search(r"leave-one-out accuracy <strong>\d+%</strong> \(\d of 6 held-out choices", own.text), (
+        own.text
+    )
     picture = httpx.get(f"{server}/ui/images/{judgment_id}/a", cookies={"pigreward_key": key})
     assert picture.status_code == 200 and picture.content[:8] == b"\x89PNG\r\n\x1a\n"
     bad = httpx.post(f"{server}/ui/login", data={"key": "pgr_nope_nope", "next": "/ui/users/x"})
