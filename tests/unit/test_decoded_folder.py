@@ -17,6 +17,7 @@ import workers.imaging as imaging
 from core.errors import ImageTooLarge
 from core.settings import Settings
 from tasks.config import image_loader
+from tests.unit.test_imaging import _count_normalize
 from workers.decoded import DecodedFolder, DecodedPicture
 from workers.imaging import ImageLimits, ImageLoader, NormalizedImage, normalize
 from workers.store import ImageStore, StoreConfig
@@ -43,18 +44,6 @@ def _loader(root: Path, folder: Path, budget: int = 448 * 448, **limits: int) ->
     return ImageLoader(
         ImageStore(StoreConfig(image_root=root)), ImageLimits(pixel_budget=budget, **limits), shared=shared
     )
-
-
-def _count_normalize(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = imaging.normalize
-
-    def counting(data: bytes, uri: str, limits: ImageLimits) -> NormalizedImage:
-        calls.append(uri)
-        return real(data, uri, limits)
-
-    monkeypatch.setattr(imaging, "normalize", counting)
-    return calls
 
 
 def _load_in_child(root: str, folder: str, uri: str, out: mp.Queue) -> None:  # type: ignore[type-arg]
