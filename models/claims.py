@@ -233,6 +233,7 @@ def close_with_error(
     row.status = status
     row.error_code = code
     row.error = message
+    row.confidence = row.confidence_raw = row.calibration_version = row.confidence_signals = None
     row.claim_token = None
     row.finished_at = utcnow()
     row.retry_at = None

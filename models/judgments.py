@@ -299,8 +299,8 @@ def list_judgments(
     min_confidence: float | None = None,
 ) -> list[Judgment]:
     stmt = select(Judgment).where(Judgment.tenant_id == tenant_id)
-    if min_confidence is not None:  # rows without a confidence (tie, invalid, unfinished) drop out
-        stmt = stmt.where(col(Judgment.confidence) >= min_confidence)
+    if min_confidence is not None:  # only verdicts: ties, invalid, unfinished and failed rows drop out
+        stmt = stmt.where(col(Judgment.confidence) >= min_confidence, Judgment.status == JudgmentStatus.done)
     if user is not None:
         stmt = stmt.where(Judgment.user_ref == user)
     if batch_id is not None:

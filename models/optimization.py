@@ -147,8 +147,11 @@ def export_pairs(*, session: Session, run_id: int) -> list[dict[str, Any]]:
                 "round": pair.round,
                 "judgment_id": pair.judgment_id,
                 "judge_model": judgment.judge_model if judgment else None,
-                "confidence": judgment.confidence if judgment else None,
-                "calibration_version": judgment.calibration_version if judgment else None,
+                # the judgment's confidence is this pair's only while it still holds the pair's verdict
+                "confidence": judgment.confidence if judgment and judgment.winner == pair.winner else None,
+                "calibration_version": judgment.calibration_version
+                if judgment and judgment.winner == pair.winner
+                else None,
             }
         )
     return rows

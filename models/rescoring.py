@@ -109,6 +109,11 @@ def archive_and_requeue(*, session: Session, judgment_id: int, reason: str, run_
             finished_at=None,
             error=None,
             error_code=None,
+            # the archived verdict's confidence goes with it: a re-score that fails must not keep it
+            confidence=None,
+            confidence_raw=None,
+            calibration_version=None,
+            confidence_signals=None,
             queue="bulk",  # re-scoring sends its chunks there
             queued_at=utcnow(),
         )

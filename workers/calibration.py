@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 MIN_PAIRS = 30
 """Fewer held-out pairs than this fit noise, not calibration: fitting refuses."""
 L2 = 1.0
-"""A weak Gaussian prior on the two slopes (the intercept is free): only keeps Newton steps finite."""
+"""A weak Gaussian prior on the coefficients: keeps them finite on nearly separable pairs."""
 LOGIT_CLIP = 8.0
 
 
@@ -55,17 +55,51 @@ class Calibration(BaseModel, frozen=True):
     quality_mean: float | None
     pairs: int = Field(ge=0)
     source: str = "leave-one-out"
+    signal: str = "any"  # the raw confidence it was fitted on: bradley-terry | logprobs | margin
+    orders: int = 0  # orders judged per verdict it was fitted on (0: any)
 
     @property
     def version(self) -> str:
-        """Names the calibration: the model it belongs to and a digest of its parameters."""
+        """Names the calibration: the model it belongs to (shortened to fit the ledger's 200 characters;
+        the digest covers the full names) and a digest of its parameters."""
         blob = json.dumps(
-            [self.method, self.slope, self.quality_slope, self.intercept, self.quality_mean, self.pairs]
+            [
+                self.backend,
+                self.model_id,
+                self.model_revision,
+                self.method,
+                self.signal,
+                self.orders,
+                self.slope,
+                self.quality_slope,
+                self.intercept,
+                self.quality_mean,
+                self.pairs,
+            ]
         )
-        return f"{self.backend}:{self.model_id}@{self.model_revision}:{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        model = self.model_id.rstrip("/").rsplit("/", 2)[-2:]
+        short = "/".join(model)[-80:]
+        return (
+            f"{self.backend[:32]}:{short}@{self.model_revision[:40]}:{self.signal}:"
+            f"{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        )
 
-    def applies_to(self, backend: str, model_id: str, model_revision: str) -> bool:
-        return (self.backend, self.model_id, self.model_revision) == (backend, model_id, model_revision)
+    def applies_to(
+        self,
+        backend: str,
+        model_id: str,
+        model_revision: str,
+        signal: str | None = None,
+        orders: int | None = None,
+    ) -> bool:
+        """Only to verdicts of exactly this backend, model and revision, and (where it was fitted on one
+        kind) of the same raw signal and number of orders: a map fitted on Bradley-Terry probabilities
+        says nothing about score margins."""
+        if (self.backend, self.model_id, self.model_revision) != (backend, model_id, model_revision):
+            return False
+        if signal is not None and self.signal != "any" and signal != self.signal:
+            return False
+        return orders is None or self.orders == 0 or orders == self.orders
 
     def apply(self, p_raw: float, quality: float | None) -> float:
         x = _features(p_raw, quality, self.quality_mean)
@@ -94,6 +128,8 @@ def fit(
     model_id: str,
     model_revision: str,
     source: str = "leave-one-out",
+    signal: str = "any",
+    orders: int = 0,
 ) -> Calibration:
     """Fit the map on held-out pairs by L2-regularised logistic regression (Newton steps)."""
     if len(samples) < MIN_PAIRS:
@@ -101,12 +137,19 @@ def fit(
             f"{len(samples)} held-out pairs for {backend} {model_id}@{model_revision}: a calibration needs "
             f"at least {MIN_PAIRS} (build more users' contexts with context quality on, or label more pairs)"
         )
+    right = sum(s.correct for s in samples)
+    if right in (0, len(samples)):  # separable: the map would say 1.0 (or 0.0) whatever the input
+        raise ValueError(
+            f"all {len(samples)} held-out pairs for {backend} {model_id}@{model_revision} were judged "
+            f"{'right' if right else 'wrong'}: nothing to calibrate against (add pairs the judge gets wrong, "
+            "e.g. more users or a labelled test set)"
+        )
     qualities = [s.quality for s in samples if s.quality is not None]
     q_mean = float(np.mean(qualities)) if qualities else None
     X = np.array([[*_features(s.p_raw, s.quality, q_mean), 1.0] for s in samples])
     y = np.array([1.0 if s.correct else 0.0 for s in samples])
     w = np.zeros(3)
-    penalty = np.diag([L2, L2, 0.0])
+    penalty = np.diag([L2, L2, L2])
     for _ in range(50):
         p = 1.0 / (1.0 + np.exp(-(X @ w)))
         grad = X.T @ (y - p) - penalty @ w
@@ -125,6 +168,8 @@ def fit(
         quality_mean=None if q_mean is None else round(q_mean, 6),
         pairs=len(samples),
         source=source,
+        signal=signal,
+        orders=orders,
     )
 
 

@@ -258,7 +258,16 @@ def ensure_context(
         data = backend.build_context(examples)
         quality = None
         if _checks_quality(res, backend):
-            checked = assess_context(backend, examples, data, swap=backend.name != "lite")
+            try:
+                checked = assess_context(backend, examples, data, swap=backend.name != "lite")
+            except Exception as exc:  # noqa: BLE001 - the check is extra: the context itself is kept
+                log.warning(
+                    "user %s: context stored without its quality check (%s: %s)",
+                    user_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                checked = None
             quality = checked.model_dump(mode="json") if checked is not None else None
         with database_errors(), session_scope(res.db) as session:
             # a concurrent worker may have stored this version first: theirs is kept and used
@@ -585,4 +594,6 @@ def _summary(row: Judgment | None, skipped: bool = False) -> JudgmentSummary:
         error_code=row.error_code,
         error=row.error,
         skipped=skipped,
+        confidence=row.confidence,
+        calibration_version=row.calibration_version,
     )

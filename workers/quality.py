@@ -40,6 +40,7 @@ class HeldOut(BaseModel):
     winner: HeldOutWinner
     correct: bool
     p_raw: float | None = None  # raw confidence of the stated winner (None: no winner stated)
+    source: str | None = None  # what p_raw came from: bradley-terry | logprobs | margin
 
 
 class ContextQuality(BaseModel):
@@ -121,6 +122,7 @@ def _judge_held_out(
         winner=winner,
         correct=winner == "chosen",
         p_raw=signals.p_raw if signals else None,
+        source=signals.source if signals else None,
     )
 
 

@@ -7,6 +7,7 @@ model and revision. Without one, the raw confidence is stored and `calibration_v
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -20,6 +21,8 @@ from workers.calibration import Calibration, Sample, expected_calibration_error,
 from workers.confidence import raw_confidence
 from workers.position import PairVerdict
 
+log = logging.getLogger(__name__)
+
 
 class CalibrationBook:
     """The current calibration per (backend, model, revision), refreshed every `refresh_s`."""
@@ -30,17 +33,31 @@ class CalibrationBook:
         self._lock = threading.Lock()
 
     def get(self, db: Engine, backend: str, model_id: str, model_revision: str) -> Calibration | None:
+        """The newest calibration of this exact model version; a failed lookup never fails a verdict
+        (the last one known is kept, or the verdict is stored uncalibrated, and the lookup is tried
+        again after `refresh_s`)."""
         key = (backend, model_id, model_revision)
         now = time.monotonic()
         with self._lock:
             hit = self._known.get(key)
         if hit is not None and now - hit[0] < self.refresh_s:
             return hit[1]
-        with session_scope(db) as session:
-            row = current_calibration(
-                session=session, backend=backend, model_id=model_id, model_revision=model_revision
+        try:
+            with session_scope(db) as session:
+                row = current_calibration(
+                    session=session, backend=backend, model_id=model_id, model_revision=model_revision
+                )
+                found = Calibration.model_validate(row.params) if row is not None else None
+        except Exception as exc:  # noqa: BLE001 - a database hiccup or an unreadable row: keep judging
+            log.warning(
+                "calibration of %s %s@%s not looked up (%s): %s",
+                backend,
+                model_id,
+                model_revision,
+                type(exc).__name__,
+                exc,
             )
-            found = Calibration.model_validate(row.params) if row is not None else None
+            found = hit[1] if hit is not None else None
         if found is not None and not found.applies_to(backend, model_id, model_revision):
             found = None  # a row whose parameters name another model: never applied here
         with self._lock:
@@ -74,6 +91,10 @@ def verdict_confidence(
     score = quality_score(quality)
     record = signals.model_dump(mode="json")
     record["context_quality"] = score
+    if calibration is not None and not calibration.applies_to(
+        calibration.backend, calibration.model_id, calibration.model_revision, signals.source, signals.orders
+    ):
+        calibration = None  # fitted on another kind of raw confidence: stored raw, marked uncalibrated
     if calibration is None:
         return {
             "confidence": signals.p_raw,
@@ -98,6 +119,16 @@ class Fitted(BaseModel):
     ece_calibrated: float
 
 
+def _quality_without(quality: dict[str, Any], held: dict[str, Any]) -> float | None:
+    """The context's quality score with this held-out pair's own outcome left out: fitted on the score
+    that includes it, the calibration would learn the label from its own input."""
+    try:
+        correct = int(quality["correct"]) - (1 if held.get("correct") else 0)
+        return (correct + 1) / (int(quality["held_out"]) - 1 + 2)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def fit_from_contexts(db: Engine, backend: str) -> tuple[list[Fitted], list[str]]:
     """Fit one calibration per judge model version from the leave-one-out checks stored with users'
     contexts of `backend`, and store each; returns them, and notes on versions with too few pairs."""
@@ -113,14 +144,30 @@ def fit_from_contexts(db: Engine, backend: str) -> tuple[list[Fitted], list[str]
             groups.setdefault(key, []).append((row.user_id, q))
     fitted, notes = [], []
     for (model_id, revision), contexts in sorted(groups.items()):
-        samples = [
-            Sample(p_raw=float(h["p_raw"]), quality=quality_score(q), correct=bool(h["correct"]))
-            for _, q in contexts
-            for h in q.get("per_reference", [])
-            if h.get("p_raw") is not None
-        ]
+        kinds: dict[tuple[str, int], list[Sample]] = {}
+        for _, q in contexts:
+            for h in q.get("per_reference", []):
+                if h.get("p_raw") is None:
+                    continue
+                kind = (str(h.get("source") or "any"), int(q.get("orders") or 0))
+                kinds.setdefault(kind, []).append(
+                    Sample(
+                        p_raw=float(h["p_raw"]), quality=_quality_without(q, h), correct=bool(h["correct"])
+                    )
+                )
+        if not kinds:
+            notes.append(f"{backend} {model_id}@{revision}: no held-out verdict with a confidence")
+            continue
+        (signal, orders), samples = max(kinds.items(), key=lambda kv: len(kv[1]))  # the judge's usual kind
         try:
-            calibration = fit(samples, backend=backend, model_id=model_id, model_revision=revision)
+            calibration = fit(
+                samples,
+                backend=backend,
+                model_id=model_id,
+                model_revision=revision,
+                signal=signal,
+                orders=orders,
+            )
         except ValueError as exc:
             notes.append(str(exc))
             continue

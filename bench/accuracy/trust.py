@@ -343,19 +343,26 @@ def bench_calibration(
 ) -> tuple[list[Calibration], list[str]]:
     """One calibration per judge model version, fitted on ALL of a backend's test verdicts with a
     confidence; notes for versions with too few."""
-    groups: dict[tuple[str, str], list[Sample]] = {}
+    groups: dict[tuple[str, str, str], list[Sample]] = {}
     for o in outcomes:
         if reason_without_confidence(o) is not None or o.trust is None or o.trust.confidence_raw is None:
             continue
-        key = (o.trust.judge_model or "", o.trust.model_revision or "")
+        key = (o.trust.judge_model or "", o.trust.model_revision or "", o.trust.source or "any")
         groups.setdefault(key, []).append(
             Sample(p_raw=o.trust.confidence_raw, quality=o.trust.context_quality, correct=o.correct)
         )
     fitted, notes = [], []
-    for (model_id, revision), samples in sorted(groups.items()):
+    for (model_id, revision, signal), samples in sorted(groups.items()):
         try:
             fitted.append(
-                fit(samples, backend=backend, model_id=model_id, model_revision=revision, source=source)
+                fit(
+                    samples,
+                    backend=backend,
+                    model_id=model_id,
+                    model_revision=revision,
+                    source=source,
+                    signal=signal,
+                )
             )
         except ValueError as exc:
             notes.append(str(exc))

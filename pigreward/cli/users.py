@@ -126,7 +126,9 @@ def users_show(user: str) -> None:
         f"context {context.id}: {context.backend} {context.model_id}@{context.model_revision} "
         f"({context.template_version}), {len(context.rationales)} rationales, built {context.created_at:%Y-%m-%d %H:%M}"
     )
-    for line in describe_quality(context.quality, [p.prompt for p in pairs], context.rationales):
+    # reference indices name today's pairs only if the context was built from as many (else: by number)
+    prompts = [p.prompt for p in pairs] if context.reference_count == len(pairs) else []
+    for line in describe_quality(context.quality, prompts, context.rationales):
         click.echo(line)
 
 

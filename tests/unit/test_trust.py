@@ -384,3 +384,63 @@ def test_calibrations_are_fitted_per_judge_version_from_stored_leave_one_out_che
     assert row is not None and row.version == one.calibration.version
     assert res.calibrations.get(res.db, "lite", LiteBackend.model_id, "1") is not None
     assert res.calibrations.get(res.db, "lite", LiteBackend.model_id, "2") is None
+
+
+# ------------------------------------------------------------------------------- review: edge cases
+
+
+def test_a_failed_calibration_lookup_never_fails_a_verdict(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unmigrated = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # no calibration table: the query fails
+    book = CalibrationBook(refresh_s=60)
+    assert book.get(unmigrated, "lite", "m", "1") is None
+    assert "not looked up" in caplog.text
+
+
+def test_pairs_all_judged_right_are_refused_not_fitted_to_certainty() -> None:
+    with pytest.raises(ValueError, match="nothing to calibrate against"):
+        fit([Sample(0.7, 0.9, True)] * 50, backend="lite", model_id="m", model_revision="1")
+
+
+def test_a_calibration_fitted_on_one_kind_of_signal_is_not_applied_to_another() -> None:
+    samples = [Sample(0.9, None, True)] * 40 + [Sample(0.9, None, False)] * 20
+    on_margins = fit(samples, backend="lite", model_id="m", model_revision="1", signal="margin")
+    verdict = combine(_result(Winner.A, 12, 10, p1=0.9, source="bradley-terry"), None)
+    stored = verdict_confidence(verdict, on_margins, None)
+    assert stored["calibration_version"] is None and stored["confidence"] == stored["confidence_raw"] == 0.9
+    on_bt = fit(samples, backend="lite", model_id="m", model_revision="1", signal="bradley-terry", orders=1)
+    applied = verdict_confidence(verdict, on_bt, None)
+    assert applied["calibration_version"] == on_bt.version and applied["confidence"] != 0.9
+    assert len(on_bt.model_copy(update={"model_id": "/m/" + "x" * 400}).version) <= 200  # fits the column
+
+
+def test_a_repeated_judge_message_returns_the_stored_confidence(res: Resources) -> None:
+    _user_with_refs(res)
+    jid = _judge(res)
+    again = run_judgment(res=res, judgment_id=jid, token="another")
+    with session_scope(res.db) as session:
+        row = get_judgment(session=session, judgment_id=jid)
+    assert again.skipped and row is not None
+    assert again.confidence == row.confidence is not None
+
+
+def test_a_requeued_or_failed_verdict_keeps_no_confidence(res: Resources) -> None:
+    from models.claims import close_with_error
+    from models.rescoring import archive_and_requeue
+
+    _user_with_refs(res)
+    jid = _judge(res)
+    with session_scope(res.db) as session:
+        assert archive_and_requeue(session=session, judgment_id=jid, reason="flagged", run_id=None)
+    with session_scope(res.db) as session:
+        row = get_judgment(session=session, judgment_id=jid)
+        assert row is not None and row.status == "queued"
+        assert (row.confidence, row.confidence_raw, row.calibration_version) == (None, None, None)
+        row.confidence = 0.9  # as if a verdict had been written, then the row failed
+        session.add(row)
+    with session_scope(res.db) as session:
+        assert close_with_error(session=session, judgment_id=jid, status="failed", code="x", message="y")
+    with session_scope(res.db) as session:
+        row = get_judgment(session=session, judgment_id=jid)
+        assert row is not None and row.confidence is None
