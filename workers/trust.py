@@ -180,21 +180,26 @@ def fit_from_contexts(db: Engine, backend: str) -> tuple[list[Fitted], list[str]
                 expected_calibration_error([calibration.apply(s.p_raw, s.quality) for s in samples], hits), 4
             ),
         )
-        with session_scope(db) as session:
-            save_calibration(
-                session=session,
-                version=calibration.version,
-                backend=backend,
-                model_id=model_id,
-                model_revision=revision,
-                params=calibration.model_dump(mode="json"),
-                pairs=calibration.pairs,
-                source=calibration.source,
-                metrics={
-                    "users": result.users,
-                    "ece_raw": result.ece_raw,
-                    "ece_calibrated": result.ece_calibrated,
-                },
-            )
+        store_calibration(
+            db,
+            calibration,
+            {"users": result.users, "ece_raw": result.ece_raw, "ece_calibrated": result.ece_calibrated},
+        )
         fitted.append(result)
     return fitted, notes
+
+
+def store_calibration(db: Engine, calibration: Calibration, metrics: dict[str, Any]) -> None:
+    """Keep a fitted calibration in the ledger: from then on the newest of its model version."""
+    with session_scope(db) as session:
+        save_calibration(
+            session=session,
+            version=calibration.version,
+            backend=calibration.backend,
+            model_id=calibration.model_id,
+            model_revision=calibration.model_revision,
+            params=calibration.model_dump(mode="json"),
+            pairs=calibration.pairs,
+            source=calibration.source,
+            metrics=metrics,
+        )

@@ -41,6 +41,7 @@ from workers.calibration import (
     reliability,
     spearman,
 )
+from workers.trust import store_calibration
 
 BINS = 10
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -338,11 +339,8 @@ def versions_text(c: CalibrationResult) -> str:
 # ------------------------------------------------------------------------------------------ saving
 
 
-def bench_calibration(
-    outcomes: Sequence[Outcome], *, backend: str, source: str
-) -> tuple[list[Calibration], list[str]]:
-    """One calibration per judge model version, fitted on ALL of a backend's test verdicts with a
-    confidence; notes for versions with too few."""
+def _bench_samples(outcomes: Sequence[Outcome]) -> dict[tuple[str, str, str], list[Sample]]:
+    """A backend's test verdicts with a confidence, by (judge model, revision, raw signal)."""
     groups: dict[tuple[str, str, str], list[Sample]] = {}
     for o in outcomes:
         if reason_without_confidence(o) is not None or o.trust is None or o.trust.confidence_raw is None:
@@ -351,24 +349,41 @@ def bench_calibration(
         groups.setdefault(key, []).append(
             Sample(p_raw=o.trust.confidence_raw, quality=o.trust.context_quality, correct=o.correct)
         )
-    fitted, notes = [], []
+    return groups
+
+
+def bench_calibration(
+    outcomes: Sequence[Outcome], *, backend: str, source: str
+) -> tuple[list[Calibration], list[str]]:
+    """One calibration per judge model version, fitted on ALL of a backend's test verdicts with a
+    confidence; notes for versions with too few."""
+    notes: list[str] = []
+    fitted = _fit_groups(_bench_samples(outcomes), backend, source, notes)
+    return [calibration for calibration, _ in fitted], notes
+
+
+def _fit_groups(
+    groups: dict[tuple[str, str, str], list[Sample]], backend: str, source: str, notes: list[str]
+) -> list[tuple[Calibration, list[Sample]]]:
+    """Fit each group (notes get the ones that cannot be fitted); each calibration with its samples."""
+    fitted = []
     for (model_id, revision, signal), samples in sorted(groups.items()):
         try:
-            fitted.append(
-                fit(
-                    samples,
-                    backend=backend,
-                    model_id=model_id,
-                    model_revision=revision,
-                    source=source,
-                    signal=signal,
-                )
+            calibration = fit(
+                samples,
+                backend=backend,
+                model_id=model_id,
+                model_revision=revision,
+                source=source,
+                signal=signal,
             )
         except ValueError as exc:
             notes.append(str(exc))
+            continue
+        fitted.append((calibration, samples))
     if not groups:
         notes.append("no verdict with a confidence")
-    return fitted, notes
+    return fitted
 
 
 def save_calibrations(
@@ -385,47 +400,27 @@ def save_calibrations(
     `backends` maps a method label (``lite:swap``) to its backend name (``lite``). The newest
     calibration of a model version is the one workers apply.
     """
-    from models.calibrations import save_calibration
-    from models.db import session_scope
-
     for result in results:
         outs = outcomes[result.method]
-        fitted, notes = bench_calibration(outs, backend=backends[result.method], source=f"bench:{dataset}")
+        notes: list[str] = []
+        groups = _bench_samples(outs)
         versions = []
-        for calibration in fitted:
-            pairs = [
-                (o.trust.confidence_raw, o.trust.context_quality, o.correct)
-                for o in outs
-                if reason_without_confidence(o) is None
-                and o.trust is not None
-                and o.trust.confidence_raw is not None
-                and (o.trust.judge_model or "", o.trust.model_revision or "")
-                == (calibration.model_id, calibration.model_revision)
-            ]
-            hits = [c for _, _, c in pairs]
+        for calibration, samples in _fit_groups(groups, backends[result.method], f"bench:{dataset}", notes):
+            hits = [s.correct for s in samples]
             metrics = {
                 "method": result.method,
                 "users": len({o.user for o in outs}),
                 "accuracy": result.accuracy,
-                "ece_raw": _finite(expected_calibration_error([p for p, _, _ in pairs], hits, BINS)),
+                "ece_raw": _finite(expected_calibration_error([s.p_raw for s in samples], hits, BINS)),
                 # on the pairs it was fitted on (as `pigreward calibrate fit` reports)
                 "ece_calibrated": _finite(
-                    expected_calibration_error([calibration.apply(p, q) for p, q, _ in pairs], hits, BINS)
+                    expected_calibration_error(
+                        [calibration.apply(s.p_raw, s.quality) for s in samples], hits, BINS
+                    )
                 ),
                 "ece_cross_fitted": result.cross_fitted.ece if result.cross_fitted else None,
             }
-            with session_scope(engine) as session:
-                save_calibration(
-                    session=session,
-                    version=calibration.version,
-                    backend=calibration.backend,
-                    model_id=calibration.model_id,
-                    model_revision=calibration.model_revision,
-                    params=calibration.model_dump(mode="json"),
-                    pairs=calibration.pairs,
-                    source=calibration.source,
-                    metrics=metrics,
-                )
+            store_calibration(engine, calibration, metrics)
             versions.append(calibration.version)
         result.saved_calibration = "; ".join(versions) or None
         result.save_note = "; ".join(notes) or None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.enums import Outcome, Winner
-from models.calibrations import current_calibration, save_calibration
+from models.calibrations import current_calibration
 from models.db import make_engine, session_scope, upgrade
 from models.judgments import JudgmentSpec, get_judgment, record_judgments
 from models.references import add_reference
@@ -34,7 +34,7 @@ from workers.position import combine
 from workers.quality import assess_context
 from workers.schemas import Dimension, JudgeResult, ReferenceExample, VerdictToken
 from workers.store import ImageStore, StoreConfig
-from workers.trust import CalibrationBook, fit_from_contexts, verdict_confidence
+from workers.trust import CalibrationBook, fit_from_contexts, store_calibration, verdict_confidence
 
 
 def _result(
@@ -294,19 +294,8 @@ def _judge(res: Resources) -> int:
 def _save(res: Resources, revision: str, slope: float) -> str:
     samples = [Sample(0.9, 0.9, True)] * 40 + [Sample(0.9, 0.9, False)] * 10
     cal = fit(samples, backend="lite", model_id=LiteBackend.model_id, model_revision=revision)
-    cal = cal.model_copy(update={"slope": slope})
-    with session_scope(res.db) as session:
-        save_calibration(
-            session=session,
-            version=cal.version,
-            backend="lite",
-            model_id=cal.model_id,
-            model_revision=revision,
-            params=cal.model_dump(mode="json"),
-            pairs=cal.pairs,
-            source="test",
-            metrics={},
-        )
+    cal = cal.model_copy(update={"slope": slope, "source": "test"})
+    store_calibration(res.db, cal, {})
     return cal.version
 
 
